@@ -1,0 +1,74 @@
+//! Builds the HTTP server: binds the listener (port 0 allowed, for tests), starts the
+//! supervisor, wires the routes.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::{dev::Server, web, App, HttpServer};
+
+use crate::call::handler::HandlerFactory;
+use crate::call::handlers::EchoHandler;
+use crate::call::supervisor::CallSupervisor;
+use crate::config::Config;
+use crate::http::{health, stream, webhook, AppState};
+
+/// A bound, not yet running server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    supervisor: actix::Addr<CallSupervisor>,
+}
+
+impl Application {
+    /// Binds `config.host:config.port` and prepares the server. Must run inside an actix system.
+    pub fn build(config: Config) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((config.host, config.port))?;
+        let port = listener.local_addr()?.port();
+        let supervisor = CallSupervisor::new(config.limit_concurrency).start();
+        let handler: HandlerFactory = Arc::new(|| Box::new(EchoHandler));
+        let state = AppState {
+            config: Arc::new(config.clone()),
+            supervisor: supervisor.clone(),
+            handler,
+        };
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                // Twilio's webhook bodies are a few hundred bytes.
+                .app_data(web::PayloadConfig::new(64 * 1024))
+                .route("/", web::get().to(health::health))
+                .route("/", web::head().to(health::health))
+                .route("/ready", web::get().to(health::ready))
+                .route(webhook::PATH, web::post().to(webhook::incoming_call))
+                .route(webhook::PATH, web::get().to(webhook::incoming_call))
+                .route(stream::PATH, web::get().to(stream::media_stream))
+        })
+        // Phone calls are long-lived connections; actix's default cap is per worker.
+        .max_connections(100_000)
+        .backlog(4096);
+        if let Some(workers) = config.workers {
+            server = server.workers(workers);
+        }
+        let server = server.listen(listener)?.run();
+        Ok(Application {
+            port,
+            server,
+            supervisor,
+        })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn supervisor(&self) -> actix::Addr<CallSupervisor> {
+        self.supervisor.clone()
+    }
+
+    /// Serves until the server is stopped.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,94 @@
+//! What a call does with its audio. The session drives a [`CallHandler`] with typed events; the
+//! handler answers through an [`Outbox`], which can only build the three frames Twilio accepts
+//! (`media`, `mark`, `clear`), always with the stream's own streamSid.
+
+use base64::Engine;
+use serde::Serialize;
+
+use crate::twilio::messages::{ServerFrame, Start};
+
+/// A handler gave up on its call; the session closes the stream with 1011.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+/// One inbound `media` frame, handed over both ways: the base64 text as Twilio sent it (so a
+/// handler that forwards audio need not re-encode it) and the decoded mu-law bytes.
+pub struct MediaChunk<'a> {
+    pub payload_base64: &'a str,
+    pub audio: &'a [u8],
+}
+
+/// The behaviour of one call. Every method but `on_media` has a do-nothing default.
+pub trait CallHandler: 'static {
+    fn on_start(&mut self, _start: &Start, _out: &mut Outbox<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    fn on_media(
+        &mut self,
+        media: &MediaChunk<'_>,
+        out: &mut Outbox<'_>,
+    ) -> Result<(), HandlerError>;
+    fn on_dtmf(&mut self, _digit: &str, _out: &mut Outbox<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    /// Twilio played (or cleared) the audio sent before the mark called `name`.
+    fn on_mark(&mut self, _name: &str, _out: &mut Outbox<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    fn on_stop(&mut self) {}
+}
+
+/// Builds a fresh handler for each admitted call.
+pub type HandlerFactory = std::sync::Arc<dyn Fn() -> Box<dyn CallHandler> + Send + Sync>;
+
+/// Outbound frames of one event, serialized and ready for the socket.
+pub struct Outbox<'a> {
+    stream_sid: &'a str,
+    frames: &'a mut Vec<String>,
+}
+
+impl<'a> Outbox<'a> {
+    pub fn new(stream_sid: &'a str, frames: &'a mut Vec<String>) -> Self {
+        Outbox { stream_sid, frames }
+    }
+
+    /// Sends audio that is already base64 mu-law 8 kHz (passed through, not re-encoded).
+    pub fn media_base64(&mut self, payload: &str) {
+        self.push(&ServerFrame::Media {
+            stream_sid: self.stream_sid.into(),
+            media: crate::twilio::messages::OutboundMedia {
+                payload: payload.into(),
+            },
+        });
+    }
+
+    /// Sends raw mu-law 8 kHz audio, any length: Twilio buffers and plays it in order.
+    pub fn media(&mut self, audio: &[u8]) {
+        let payload = base64::engine::general_purpose::STANDARD.encode(audio);
+        self.media_base64(&payload);
+    }
+
+    /// Asks Twilio to tell us (with a `mark` back) when the audio sent so far has played.
+    pub fn mark(&mut self, name: &str) {
+        self.push(&ServerFrame::Mark {
+            stream_sid: self.stream_sid.into(),
+            mark: crate::twilio::messages::Mark { name: name.into() },
+        });
+    }
+
+    /// Drops the audio Twilio has buffered but not played yet (barge-in).
+    pub fn clear(&mut self) {
+        self.push(&ServerFrame::Clear {
+            stream_sid: self.stream_sid.into(),
+        });
+    }
+
+    fn push(&mut self, frame: &impl Serialize) {
+        // ~60 bytes of envelope around the payload; one allocation per frame.
+        let mut buf = Vec::with_capacity(96 + self.stream_sid.len() + 300);
+        serde_json::to_writer(&mut buf, frame).expect("stream frames always serialize");
+        self.frames
+            .push(String::from_utf8(buf).expect("serde_json writes UTF-8"));
+    }
+}

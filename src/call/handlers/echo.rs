@@ -1,0 +1,47 @@
+//! The echo handler: every inbound audio chunk goes straight back to the caller. It is the
+//! default handler, the one the tests and the benchmark measure.
+
+use crate::call::handler::{CallHandler, HandlerError, MediaChunk, Outbox};
+
+#[derive(Debug, Default)]
+pub struct EchoHandler;
+
+impl CallHandler for EchoHandler {
+    fn on_media(
+        &mut self,
+        media: &MediaChunk<'_>,
+        out: &mut Outbox<'_>,
+    ) -> Result<(), HandlerError> {
+        out.media_base64(media.payload_base64);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::twilio::messages::ServerFrame;
+
+    #[test]
+    fn echoes_the_payload_with_the_stream_sid() {
+        let mut frames = Vec::new();
+        let mut out = Outbox::new("MZ42", &mut frames);
+        EchoHandler
+            .on_media(
+                &MediaChunk {
+                    payload_base64: "f39/fw==",
+                    audio: &[0x7f; 4],
+                },
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(frames.len(), 1);
+        match ServerFrame::parse(&frames[0]).unwrap() {
+            ServerFrame::Media { stream_sid, media } => {
+                assert_eq!(stream_sid, "MZ42");
+                assert_eq!(media.payload, "f39/fw==");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The handlers a call can run.
+
+pub mod echo;
+
+pub use echo::EchoHandler;

@@ -1,0 +1,365 @@
+//! One actor per call: owns the stream's socket, its `start` data, its timers and its handler.
+//!
+//! Inbound frames arrive as a stream attached to the actor's context; outbound frames go through
+//! a [`SinkWrite`] into the actix-ws session. The call's [`CallSlot`] is a field, so the slot is
+//! released when the actor stops, whatever stopped it.
+
+use std::time::{Duration, Instant};
+
+use actix::io::{SinkWrite, WriteHandler};
+use actix::prelude::*;
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Closed, Message, ProtocolError};
+use base64::Engine;
+
+use crate::call::handler::{CallHandler, HandlerError, MediaChunk, Outbox};
+use crate::call::supervisor::{BindCall, CallSlot, CallSupervisor, CloseCall};
+use crate::twilio::messages::{FrameError, StreamEvent};
+
+/// The largest frame a stream may send; Twilio's are well under 1 KiB.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// How long a closing stream may take to flush its close frame before the actor stops anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Timeouts a session enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    pub start_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Why a call ended; logged once at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Twilio sent `stop`.
+    Stop,
+    /// The peer closed the WebSocket without `stop`.
+    ClientClosed,
+    /// The connection dropped without a close frame.
+    ClientGone,
+    StartTimeout,
+    IdleTimeout,
+    ProtocolError,
+    HandlerFailed,
+    /// A newer stream of the same CallSid took over.
+    Superseded,
+}
+
+enum Phase {
+    AwaitingStart,
+    Streaming {
+        stream_sid: String,
+        call_sid: String,
+    },
+}
+
+type Writer = SinkWrite<Message, actix_ws::Session>;
+
+pub struct CallSession {
+    /// Held, never read: dropping it with the actor releases the supervisor's slot.
+    slot: CallSlot,
+    supervisor: Addr<CallSupervisor>,
+    handler: Box<dyn CallHandler>,
+    limits: SessionLimits,
+    phase: Phase,
+    /// Set once the session decided to close: later frames are ignored.
+    ending: Option<(EndReason, u16)>,
+    writer: Option<Writer>,
+    /// The sending half until `started` wraps it into `writer` (that needs the context).
+    pending_ws: Option<actix_ws::Session>,
+    /// The ws stream is taken by `started` to attach it to the context.
+    inbound: Option<actix_ws::MessageStream>,
+    /// For the idle timeout; refreshed on every inbound frame.
+    last_rx: Instant,
+    opened: Instant,
+    /// Reused for each frame: decoded audio and the handler's outbound frames.
+    audio_buf: Vec<u8>,
+    out_buf: Vec<String>,
+    frames_in: u64,
+    frames_out: u64,
+    dtmf: String,
+    marks: u64,
+}
+
+impl CallSession {
+    pub fn new(
+        slot: CallSlot,
+        supervisor: Addr<CallSupervisor>,
+        handler: Box<dyn CallHandler>,
+        limits: SessionLimits,
+        ws: actix_ws::Session,
+        inbound: actix_ws::MessageStream,
+    ) -> Self {
+        CallSession {
+            slot,
+            supervisor,
+            handler,
+            limits,
+            phase: Phase::AwaitingStart,
+            ending: None,
+            writer: None,
+            inbound: Some(inbound),
+            pending_ws: Some(ws),
+            last_rx: Instant::now(),
+            opened: Instant::now(),
+            audio_buf: Vec::with_capacity(256),
+            out_buf: Vec::with_capacity(4),
+            frames_in: 0,
+            frames_out: 0,
+            dtmf: String::new(),
+            marks: 0,
+        }
+    }
+
+    /// The prefix of every log line about this call.
+    fn tag(&self) -> String {
+        match &self.phase {
+            Phase::AwaitingStart => format!("[slot {}]", self.slot.id()),
+            Phase::Streaming {
+                stream_sid,
+                call_sid,
+            } => format!("[{call_sid} {stream_sid}]"),
+        }
+    }
+
+    /// Closes the stream with `code`, once; the actor stops when the close frame is flushed.
+    fn close(&mut self, ctx: &mut Context<Self>, why: EndReason, code: u16, reason: &str) {
+        if self.ending.is_some() {
+            return;
+        }
+        self.ending = Some((why, code));
+        if why != EndReason::Stop {
+            log::info!("{} closing {code} ({reason})", self.tag());
+        }
+        if let Some(writer) = self.writer.as_mut() {
+            let _ = writer.write(Message::Close(Some(CloseReason {
+                code: CloseCode::from(code),
+                description: Some(reason.to_string()),
+            })));
+            writer.close();
+        }
+        // A peer that never reads could keep the close frame unflushed forever.
+        ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+    }
+
+    fn protocol_error(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        log::warn!("{} protocol error: {reason}", self.tag());
+        self.close(ctx, EndReason::ProtocolError, code, reason);
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let event = match StreamEvent::parse(text) {
+            Ok(event) => event,
+            Err(FrameError::Json(e)) => {
+                return self.protocol_error(ctx, 1007, &format!("invalid message: {e}"))
+            }
+            Err(e) => return self.protocol_error(ctx, 1007, &e.to_string()),
+        };
+        let result = match (&self.phase, event) {
+            (_, StreamEvent::Connected | StreamEvent::Unknown) => Ok(()),
+            (Phase::AwaitingStart, StreamEvent::Start(start)) => {
+                let (stream_sid, call_sid) = (start.stream_sid.clone(), start.call_sid.clone());
+                self.phase = Phase::Streaming {
+                    stream_sid,
+                    call_sid: call_sid.clone(),
+                };
+                log::info!(
+                    "{} call started: from={} to={} attempt={} tracks={:?}",
+                    self.tag(),
+                    start.custom_parameters.get("From").map_or("?", |s| s),
+                    start.custom_parameters.get("To").map_or("?", |s| s),
+                    start.custom_parameters.get("attempt").map_or("?", |s| s),
+                    start.tracks,
+                );
+                self.supervisor.do_send(BindCall {
+                    slot: self.slot.id(),
+                    call_sid,
+                    session: ctx.address().recipient(),
+                });
+                self.dispatch(|h, out| h.on_start(&start, out))
+            }
+            (Phase::Streaming { .. }, StreamEvent::Start(_)) => {
+                return self.protocol_error(ctx, 1008, "second start on one stream")
+            }
+            (_, StreamEvent::Stop) => {
+                self.handler.on_stop();
+                return self.close(ctx, EndReason::Stop, 1000, "stop");
+            }
+            (Phase::AwaitingStart, _) => {
+                return self.protocol_error(ctx, 1008, "media, dtmf or mark before start")
+            }
+            (Phase::Streaming { .. }, StreamEvent::Media(media)) => {
+                self.audio_buf.clear();
+                if base64::engine::general_purpose::STANDARD
+                    .decode_vec(media.payload.as_bytes(), &mut self.audio_buf)
+                    .is_err()
+                {
+                    return self.protocol_error(ctx, 1007, "media payload is not valid base64");
+                }
+                let audio = std::mem::take(&mut self.audio_buf);
+                let chunk = MediaChunk {
+                    payload_base64: &media.payload,
+                    audio: &audio,
+                };
+                let result = self.dispatch(|h, out| h.on_media(&chunk, out));
+                self.audio_buf = audio;
+                result
+            }
+            (Phase::Streaming { .. }, StreamEvent::Dtmf(dtmf)) => {
+                log::debug!("{} dtmf {}", self.tag(), dtmf.digit);
+                self.dtmf.push_str(&dtmf.digit);
+                self.dispatch(|h, out| h.on_dtmf(&dtmf.digit, out))
+            }
+            (Phase::Streaming { .. }, StreamEvent::Mark(mark)) => {
+                log::debug!("{} mark {}", self.tag(), mark.name);
+                self.marks += 1;
+                self.dispatch(|h, out| h.on_mark(&mark.name, out))
+            }
+        };
+        if let Err(e) = result {
+            log::error!("{} handler failed: {e}", self.tag());
+            self.close(ctx, EndReason::HandlerFailed, 1011, "handler failed");
+        }
+    }
+
+    /// Runs one handler callback and queues what it sent.
+    fn dispatch(
+        &mut self,
+        f: impl FnOnce(&mut dyn CallHandler, &mut Outbox<'_>) -> Result<(), HandlerError>,
+    ) -> Result<(), HandlerError> {
+        let Phase::Streaming { stream_sid, .. } = &self.phase else {
+            return Ok(());
+        };
+        let mut out = Outbox::new(stream_sid, &mut self.out_buf);
+        let result = f(self.handler.as_mut(), &mut out);
+        if let Some(writer) = self.writer.as_mut() {
+            for frame in self.out_buf.drain(..) {
+                self.frames_out += 1;
+                let _ = writer.write(Message::Text(frame.into()));
+            }
+        }
+        result
+    }
+}
+
+impl Actor for CallSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(ws) = self.pending_ws.take() {
+            self.writer = Some(SinkWrite::new(ws, ctx));
+        }
+        if let Some(inbound) = self.inbound.take() {
+            ctx.add_stream(
+                inbound
+                    .max_frame_size(MAX_FRAME_BYTES)
+                    .aggregate_continuations()
+                    .max_continuation_size(MAX_FRAME_BYTES),
+            );
+        }
+        let start_timeout = self.limits.start_timeout;
+        ctx.run_later(start_timeout, move |act, ctx| {
+            if matches!(act.phase, Phase::AwaitingStart) {
+                act.close(
+                    ctx,
+                    EndReason::StartTimeout,
+                    1008,
+                    &format!("no start within {}s", start_timeout.as_secs()),
+                );
+            }
+        });
+        let idle = self.limits.idle_timeout;
+        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        ctx.run_interval(tick, move |act, ctx| {
+            if matches!(act.phase, Phase::Streaming { .. }) && act.last_rx.elapsed() >= idle {
+                act.close(
+                    ctx,
+                    EndReason::IdleTimeout,
+                    1001,
+                    &format!("nothing received for {}s", idle.as_secs()),
+                );
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        let (reason, code) = self.ending.unwrap_or((EndReason::ClientGone, 1006));
+        log::info!(
+            "{} call ended: reason={reason:?} code={code} duration={:.1}s frames_in={} frames_out={} dtmf={:?} marks={}",
+            self.tag(),
+            self.opened.elapsed().as_secs_f64(),
+            self.frames_in,
+            self.frames_out,
+            self.dtmf,
+            self.marks,
+        );
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for CallSession {
+    fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        if self.ending.is_some() {
+            // Closing: only the peer's close frame matters now.
+            if let Ok(AggregatedMessage::Close(_)) = msg {
+                ctx.stop();
+            }
+            return;
+        }
+        self.last_rx = Instant::now();
+        match msg {
+            Ok(AggregatedMessage::Text(text)) => {
+                self.frames_in += 1;
+                self.on_text(&text, ctx);
+            }
+            Ok(AggregatedMessage::Binary(_)) => {
+                self.protocol_error(ctx, 1003, "binary frames are not part of the protocol")
+            }
+            Ok(AggregatedMessage::Ping(bytes)) => {
+                if let Some(w) = self.writer.as_mut() {
+                    let _ = w.write(Message::Pong(bytes));
+                }
+            }
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(reason)) => {
+                let code = reason.as_ref().map_or(1000, |r| u16::from(r.code));
+                self.close(ctx, EndReason::ClientClosed, code, "peer closed");
+            }
+            Err(ProtocolError::Overflow) => self.protocol_error(
+                ctx,
+                1009,
+                &format!("frame larger than {MAX_FRAME_BYTES} bytes"),
+            ),
+            Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                self.protocol_error(ctx, 1007, "text frame is not valid UTF-8")
+            }
+            // actix-ws reports an oversized fragmented message this way.
+            Err(ProtocolError::Io(e)) if e.to_string().contains("continuation size") => self
+                .protocol_error(
+                    ctx,
+                    1009,
+                    &format!("message larger than {MAX_FRAME_BYTES} bytes"),
+                ),
+            // The connection itself failed: nothing can be sent anymore.
+            Err(ProtocolError::Io(_)) => ctx.stop(),
+            Err(e) => self.protocol_error(ctx, 1002, &format!("websocket error: {e}")),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The connection is gone: no close frame can be sent anymore.
+        ctx.stop();
+    }
+}
+
+impl WriteHandler<Closed> for CallSession {}
+
+impl Handler<CloseCall> for CallSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseCall, ctx: &mut Self::Context) {
+        let why = match msg {
+            CloseCall::Superseded => EndReason::Superseded,
+        };
+        let (code, reason) = msg.close();
+        self.close(ctx, why, code, reason);
+    }
+}

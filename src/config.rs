@@ -1,0 +1,300 @@
+//! Typed configuration, read once at start from the environment (and `.env` when present).
+//!
+//! Every variable has an `ENV_*` name beside its `DEFAULT_*` value and one check; the parser takes
+//! a lookup function so tests can feed it a map. A bad value is a startup error naming the variable.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub const ENV_PORT: &str = "PORT";
+pub const DEFAULT_PORT: u16 = 8080;
+pub const ENV_HOST: &str = "HOST";
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+pub const ENV_LIMIT_CONCURRENCY: &str = "LIMIT_CONCURRENCY";
+pub const DEFAULT_LIMIT_CONCURRENCY: usize = 100;
+pub const ENV_PUBLIC_URL: &str = "PUBLIC_URL";
+pub const ENV_RAILWAY_PUBLIC_DOMAIN: &str = "RAILWAY_PUBLIC_DOMAIN";
+pub const ENV_MAX_REDIRECTS: &str = "MAX_REDIRECTS";
+pub const DEFAULT_MAX_REDIRECTS: u32 = 3;
+/// Twilio follows at most 10 `<Redirect>`s per call (error 11215).
+pub const TWILIO_MAX_REDIRECTS: u32 = 10;
+pub const ENV_START_TIMEOUT_SECS: &str = "START_TIMEOUT_SECS";
+pub const DEFAULT_START_TIMEOUT_SECS: u64 = 10;
+pub const ENV_IDLE_TIMEOUT_SECS: &str = "IDLE_TIMEOUT_SECS";
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
+pub const ENV_BUSY_MESSAGE: &str = "BUSY_MESSAGE";
+pub const DEFAULT_BUSY_MESSAGE: &str =
+    "Sorry, all of our lines are busy right now. Please call again in a few minutes.";
+pub const ENV_WORKERS: &str = "WORKERS";
+pub const ENV_RAILWAY_REPLICA_ID: &str = "RAILWAY_REPLICA_ID";
+
+/// The effective configuration of one replica.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub host: IpAddr,
+    /// 0 asks the OS for a free port (tests).
+    pub port: u16,
+    /// Live calls this replica admits at once; HTTP requests never count against it.
+    pub limit_concurrency: usize,
+    /// Base URL Twilio reaches us at; `None` derives it per request from the forwarded headers.
+    pub public_url: Option<String>,
+    /// Bounces to another replica before the caller hears `busy_message`.
+    pub max_redirects: u32,
+    pub start_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub busy_message: String,
+    /// HTTP worker threads; `None` lets actix use one per physical core.
+    pub workers: Option<usize>,
+    /// Names this replica in `/` (Railway's replica id, else the hostname).
+    pub replica: String,
+}
+
+/// A variable that is set to something this service cannot use.
+#[derive(Debug, PartialEq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: expected {}",
+            self.variable, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the process environment, after loading `.env` if there is one (the real environment
+    /// wins over the file).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Parses the configuration from any variable source. Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let parse =
+            |name: &'static str, expected: &'static str, ok: &dyn Fn(&str) -> bool| match get(name)
+            {
+                Some(v) if ok(v.trim()) => Ok(Some(v.trim().to_string())),
+                Some(v) => Err(ConfigError {
+                    variable: name,
+                    value: v,
+                    expected,
+                }),
+                None => Ok(None),
+            };
+
+        let host = parse(ENV_HOST, "an IP address such as 0.0.0.0", &|v| {
+            v.parse::<IpAddr>().is_ok()
+        })?
+        .map_or_else(|| DEFAULT_HOST.parse().unwrap(), |v| v.parse().unwrap());
+        let port = parse(ENV_PORT, "a port number from 0 to 65535", &|v| {
+            v.parse::<u16>().is_ok()
+        })?
+        .map_or(DEFAULT_PORT, |v| v.parse().unwrap());
+        let limit_concurrency = parse(ENV_LIMIT_CONCURRENCY, "a whole number >= 1", &|v| {
+            v.parse::<usize>().is_ok_and(|n| n >= 1)
+        })?
+        .map_or(DEFAULT_LIMIT_CONCURRENCY, |v| v.parse().unwrap());
+        let max_redirects = parse(ENV_MAX_REDIRECTS, "a whole number from 0 to 10", &|v| {
+            v.parse::<u32>().is_ok_and(|n| n <= TWILIO_MAX_REDIRECTS)
+        })?
+        .map_or(DEFAULT_MAX_REDIRECTS, |v| v.parse().unwrap());
+        let secs = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(
+                parse(name, "a whole number of seconds from 1 to 86400", &|v| {
+                    v.parse::<u64>().is_ok_and(|n| (1..=86_400).contains(&n))
+                })?
+                .map_or(default, |v| v.parse().unwrap()),
+            ))
+        };
+        let start_timeout = secs(ENV_START_TIMEOUT_SECS, DEFAULT_START_TIMEOUT_SECS)?;
+        let idle_timeout = secs(ENV_IDLE_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS)?;
+        let workers = parse(ENV_WORKERS, "a whole number from 1 to 256", &|v| {
+            v.parse::<usize>().is_ok_and(|n| (1..=256).contains(&n))
+        })?
+        .map(|v| v.parse().unwrap());
+
+        let public_url = match parse(
+            ENV_PUBLIC_URL,
+            "an absolute http:// or https:// URL with a host and no query",
+            &|v| valid_base_url(v),
+        )? {
+            Some(url) => Some(url.trim_end_matches('/').to_string()),
+            None => get(ENV_RAILWAY_PUBLIC_DOMAIN).map(|d| format!("https://{}", d.trim())),
+        };
+        let busy_message = get(ENV_BUSY_MESSAGE).unwrap_or_else(|| DEFAULT_BUSY_MESSAGE.into());
+        let replica = get(ENV_RAILWAY_REPLICA_ID)
+            .or_else(hostname)
+            .unwrap_or_else(|| "unknown".into());
+
+        Ok(Config {
+            host,
+            port,
+            limit_concurrency,
+            public_url,
+            max_redirects,
+            start_timeout,
+            idle_timeout,
+            busy_message,
+            workers,
+            replica,
+        })
+    }
+
+    /// A configuration for tests: loopback, port 0, defaults elsewhere.
+    pub fn for_tests() -> Self {
+        let mut config = Self::from_lookup(|_| None).expect("defaults are valid");
+        config.host = [127, 0, 0, 1].into();
+        config.port = 0;
+        config.workers = Some(1);
+        config
+    }
+}
+
+impl fmt::Display for Config {
+    /// The one startup line; holds no secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "listen={}:{} limit_concurrency={} public_url={} max_redirects={} \
+             start_timeout={}s idle_timeout={}s workers={} replica={}",
+            self.host,
+            self.port,
+            self.limit_concurrency,
+            self.public_url
+                .as_deref()
+                .unwrap_or("(from request headers)"),
+            self.max_redirects,
+            self.start_timeout.as_secs(),
+            self.idle_timeout.as_secs(),
+            self.workers.map_or("auto".to_string(), |w| w.to_string()),
+            self.replica,
+        )
+    }
+}
+
+fn valid_base_url(v: &str) -> bool {
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"));
+    match rest {
+        Some(rest) => {
+            let host = rest.split('/').next().unwrap_or("");
+            !host.is_empty()
+                && !v.contains('?')
+                && !v.contains('#')
+                && !v.contains(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.host.to_string(), "0.0.0.0");
+        assert_eq!(c.limit_concurrency, 100);
+        assert_eq!(c.max_redirects, 3);
+        assert_eq!(c.start_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.public_url, None);
+        assert_eq!(c.busy_message, DEFAULT_BUSY_MESSAGE);
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let c = parse(&[
+            ("PORT", "9000"),
+            ("HOST", "127.0.0.1"),
+            ("LIMIT_CONCURRENCY", "2500"),
+            ("PUBLIC_URL", "https://calls.example.com/"),
+            ("MAX_REDIRECTS", "5"),
+            ("START_TIMEOUT_SECS", "3"),
+            ("IDLE_TIMEOUT_SECS", "7"),
+            ("BUSY_MESSAGE", "Busy."),
+            ("RAILWAY_REPLICA_ID", "r-1"),
+        ])
+        .unwrap();
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.limit_concurrency, 2500);
+        assert_eq!(c.public_url.as_deref(), Some("https://calls.example.com"));
+        assert_eq!(c.max_redirects, 5);
+        assert_eq!(c.start_timeout, Duration::from_secs(3));
+        assert_eq!(c.idle_timeout, Duration::from_secs(7));
+        assert_eq!(c.busy_message, "Busy.");
+        assert_eq!(c.replica, "r-1");
+    }
+
+    #[test]
+    fn railway_domain_gives_the_public_url_unless_set() {
+        let c = parse(&[("RAILWAY_PUBLIC_DOMAIN", "x.up.railway.app")]).unwrap();
+        assert_eq!(c.public_url.as_deref(), Some("https://x.up.railway.app"));
+        let c = parse(&[
+            ("RAILWAY_PUBLIC_DOMAIN", "x.up.railway.app"),
+            ("PUBLIC_URL", "https://mine.test"),
+        ])
+        .unwrap();
+        assert_eq!(c.public_url.as_deref(), Some("https://mine.test"));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("LIMIT_CONCURRENCY", "abc"),
+            ("LIMIT_CONCURRENCY", "0"),
+            ("LIMIT_CONCURRENCY", "-3"),
+            ("PORT", "99999"),
+            ("HOST", "example.com"),
+            ("MAX_REDIRECTS", "11"),
+            ("START_TIMEOUT_SECS", "0"),
+            ("IDLE_TIMEOUT_SECS", "1.5"),
+            ("PUBLIC_URL", "calls.example.com"),
+            ("PUBLIC_URL", "https://x.test/?a=1"),
+            ("WORKERS", "0"),
+        ] {
+            let err = parse(&[(var, value)]).unwrap_err();
+            assert_eq!(err.variable, var);
+            assert_eq!(err.value, value);
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let c = parse(&[("PORT", ""), ("PUBLIC_URL", " ")]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.public_url, None);
+    }
+}

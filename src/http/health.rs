@@ -1,0 +1,59 @@
+//! `/` (Railway's health check, and load for an external autoscaler) and `/ready`.
+//! Both read the supervisor's snapshot; neither is ever refused for load.
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use crate::http::AppState;
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    active_calls: usize,
+    limit: usize,
+    available: usize,
+    draining: bool,
+    calls_admitted: u64,
+    calls_rejected: u64,
+    calls_completed: u64,
+    replica: &'a str,
+    version: &'static str,
+    uptime_secs: u64,
+}
+
+pub async fn health(state: web::Data<AppState>) -> actix_web::Result<HttpResponse> {
+    let snap = state
+        .supervisor
+        .send(crate::call::supervisor::GetSnapshot)
+        .await
+        .map_err(actix_web::error::ErrorServiceUnavailable)?;
+    Ok(HttpResponse::Ok().json(Health {
+        status: if snap.draining { "draining" } else { "ok" },
+        active_calls: snap.active_calls,
+        limit: snap.limit,
+        available: snap.available(),
+        draining: snap.draining,
+        calls_admitted: snap.calls_admitted,
+        calls_rejected: snap.calls_rejected,
+        calls_completed: snap.calls_completed,
+        replica: &state.config.replica,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: snap.uptime_secs,
+    }))
+}
+
+/// 200 while this replica admits calls; 503 when it is full or draining.
+pub async fn ready(state: web::Data<AppState>) -> actix_web::Result<HttpResponse> {
+    let snap = state
+        .supervisor
+        .send(crate::call::supervisor::GetSnapshot)
+        .await
+        .map_err(actix_web::error::ErrorServiceUnavailable)?;
+    Ok(if snap.admitting() {
+        HttpResponse::Ok().body("ready\n")
+    } else if snap.draining {
+        HttpResponse::ServiceUnavailable().body("draining\n")
+    } else {
+        HttpResponse::ServiceUnavailable().body("at capacity\n")
+    })
+}

@@ -1,0 +1,22 @@
+//! callvisor: a Twilio Media Streams call server.
+//!
+//! ```text
+//!  Twilio ──POST /incoming-call──▶ http::webhook ──ask──▶ CallSupervisor (one per process)
+//!         ◀── TwiML (Connect/Stream + Redirect fallback)      │ admits / refuses, counts
+//!  Twilio ══WS /media-stream═══▶ http::stream ──Admit──▶ CallSupervisor
+//!                                    │ admitted
+//!                                    ▼
+//!                               CallSession actor (one per call) ── CallHandler (echo)
+//!  ops ──GET / , /ready──▶ read the supervisor's snapshot
+//! ```
+//!
+//! - [`call::supervisor`]: the single owner of admission and counts.
+//! - [`call::session`]: the actor that owns one call's WebSocket.
+//! - [`twilio`]: the wire formats (stream messages, TwiML), pure code.
+//! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
+
+pub mod app;
+pub mod call;
+pub mod config;
+pub mod http;
+pub mod twilio;
