@@ -1,0 +1,151 @@
+//! Bad input on one stream closes that stream with a specific code and reason, and nothing else.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+use awc::ws;
+use futures_util::SinkExt;
+
+const HEALTHY: &str = "CAhealthy";
+
+/// What a misbehaving stream does before the server must close it.
+enum Setup {
+    Nothing,
+    Started,
+}
+
+#[actix_web::test]
+async fn each_bad_input_closes_only_its_own_stream() {
+    let app = spawn_app_with(|c| c.start_timeout = Duration::from_secs(1)).await;
+    let healthy_sid = stream_sid_for(HEALTHY);
+    let mut healthy = app.start_call(HEALTHY).await;
+    healthy.echo_round_trip(&healthy_sid, "AAAA").await;
+
+    let big = format!(
+        r#"{{"event":"media","streamSid":"MZbad","media":{{"payload":"{}"}}}}"#,
+        "A".repeat(70 * 1024)
+    );
+    let cases: Vec<(&str, Setup, Option<ws::Message>, u16)> = vec![
+        (
+            "invalid JSON",
+            Setup::Started,
+            Some(text("{not json")),
+            1007,
+        ),
+        (
+            "media without its body",
+            Setup::Started,
+            Some(text(r#"{"event":"media","streamSid":"MZbad"}"#)),
+            1007,
+        ),
+        (
+            "start without callSid",
+            Setup::Nothing,
+            Some(text(r#"{"event":"start","start":{"streamSid":"MZbad"}}"#)),
+            1007,
+        ),
+        (
+            "undecodable base64",
+            Setup::Started,
+            Some(text(
+                r#"{"event":"media","streamSid":"MZbad","media":{"payload":"!!not base64!!"}}"#,
+            )),
+            1007,
+        ),
+        (
+            "binary frame",
+            Setup::Started,
+            Some(ws::Message::Binary(vec![1u8, 2, 3].into())),
+            1003,
+        ),
+        ("frame over 64 KiB", Setup::Started, Some(text(&big)), 1009),
+        (
+            "media before start",
+            Setup::Nothing,
+            Some(text(
+                r#"{"event":"media","streamSid":"MZbad","media":{"payload":"AAAA"}}"#,
+            )),
+            1008,
+        ),
+        (
+            "dtmf before start",
+            Setup::Nothing,
+            Some(text(
+                r#"{"event":"dtmf","streamSid":"MZbad","dtmf":{"digit":"1"}}"#,
+            )),
+            1008,
+        ),
+        (
+            "mark before start",
+            Setup::Nothing,
+            Some(text(
+                r#"{"event":"mark","streamSid":"MZbad","mark":{"name":"m"}}"#,
+            )),
+            1008,
+        ),
+        ("second start", Setup::Started, None, 1008),
+        (
+            "no start within START_TIMEOUT_SECS",
+            Setup::Nothing,
+            None,
+            1008,
+        ),
+    ];
+
+    for (i, (name, setup, message, code)) in cases.into_iter().enumerate() {
+        let call_sid = format!("CAbad{i}");
+        let mut bad = app.open_stream().await;
+        match setup {
+            Setup::Nothing => {}
+            Setup::Started => {
+                bad.connected_and_start(&call_sid, "MZbad", &[]).await;
+            }
+        }
+        match (message, name) {
+            (Some(m), _) => bad.ws.send(m).await.unwrap(),
+            (None, "second start") => {
+                bad.connected_and_start(&call_sid, "MZbad", &[]).await;
+            }
+            (None, _) => {} // wait for the start timeout
+        }
+        let (got, reason) = bad.expect_close().await;
+        assert_eq!(got, code, "{name}: closed {got} ({reason})");
+        assert!(!reason.is_empty(), "{name}: a close reason is given");
+
+        // The healthy call never noticed.
+        healthy.echo_round_trip(&healthy_sid, "AQID").await;
+    }
+
+    let health = app.wait_for_active(1).await;
+    assert_eq!(health["calls_completed"], 11);
+    healthy.stop(&healthy_sid, HEALTHY).await;
+    assert_eq!(healthy.expect_close().await.0, 1000);
+    app.wait_for_active(0).await;
+}
+
+#[actix_web::test]
+async fn a_silent_stream_is_closed_1001_after_the_idle_timeout() {
+    let app = spawn_app_with(|c| c.idle_timeout = Duration::from_secs(1)).await;
+    let healthy_sid = stream_sid_for(HEALTHY);
+    let mut healthy = app.start_call(HEALTHY).await;
+    let mut silent = app.start_call("CAsilent").await;
+    silent
+        .echo_round_trip(&stream_sid_for("CAsilent"), "AAAA")
+        .await;
+
+    // The healthy call keeps talking through the silent one's timeout.
+    let closed = actix_web::rt::spawn(async move { silent.expect_close().await });
+    while !closed.is_finished() {
+        healthy.echo_round_trip(&healthy_sid, "AQID").await;
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, reason) = closed.await.unwrap();
+    assert_eq!(code, 1001);
+    assert!(reason.contains("nothing received"), "{reason}");
+    healthy.echo_round_trip(&healthy_sid, "AQID").await;
+    app.wait_for_active(1).await;
+}
+
+fn text(s: &str) -> ws::Message {
+    ws::Message::Text(s.to_string().into())
+}

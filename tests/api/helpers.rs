@@ -1,0 +1,338 @@
+//! One way to start the app and talk to it, shared by every test.
+
+use std::time::Duration;
+
+use actix_web::rt::time::{sleep, timeout};
+use awc::ws::{self, Codec, Frame};
+use awc::BoxedSocket;
+use callvisor::app::Application;
+use callvisor::config::Config;
+use callvisor::twilio::messages::{Dtmf, Mark, Media, MediaFormat, Start, Stop, TwilioFrame};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+
+/// How long a test waits for something that should happen at once before failing. Generous: a
+/// liveness bound for a busy CI machine, not a performance target.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+pub struct TestApp {
+    pub port: u16,
+    pub base: String,
+    pub client: awc::Client,
+}
+
+/// Starts the server in this test's actix system, on 127.0.0.1 and a free port.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mut config = Config::for_tests();
+    configure(&mut config);
+    let app = Application::build(config).expect("server binds");
+    let port = app.port();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        port,
+        base: format!("http://127.0.0.1:{port}"),
+        client: awc::Client::builder().timeout(PATIENCE).finish(),
+    }
+}
+
+impl TestApp {
+    pub async fn health(&self) -> Value {
+        let mut resp = self
+            .client
+            .get(format!("{}/", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// Polls `/` until `active_calls` is `n`; panics with the last answer after [`PATIENCE`].
+    pub async fn wait_for_active(&self, n: u64) -> Value {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let health = self.health().await;
+            if health["active_calls"] == n {
+                return health;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("active_calls never reached {n}: {health}");
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let mut resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let body = resp.body().await.unwrap();
+        (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    /// POSTs the voice webhook as Twilio does: form parameters, optional `?attempt=`.
+    pub async fn webhook(&self, params: &[(&str, &str)], query: &str) -> (u16, String) {
+        let mut resp = self
+            .client
+            .post(format!("{}/incoming-call{query}", self.base))
+            .send_form(&params)
+            .await
+            .unwrap();
+        let body = resp.body().await.unwrap();
+        (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    pub async fn open_stream(&self) -> TestStream {
+        self.open_stream_at(&format!("ws://127.0.0.1:{}/media-stream", self.port))
+            .await
+    }
+
+    pub async fn open_stream_at(&self, url: &str) -> TestStream {
+        let (resp, ws) = self
+            .client
+            .ws(url)
+            .max_frame_size(1 << 20)
+            .connect()
+            .await
+            .expect("upgrade succeeds");
+        assert_eq!(resp.status(), 101);
+        TestStream { ws, seq: 0 }
+    }
+
+    /// Opens a stream and sends `connected` and `start` for `call_sid`.
+    pub async fn start_call(&self, call_sid: &str) -> TestStream {
+        let mut s = self.open_stream().await;
+        s.connected_and_start(call_sid, &stream_sid_for(call_sid), &[])
+            .await;
+        s
+    }
+}
+
+pub fn stream_sid_for(call_sid: &str) -> String {
+    format!("MZ{}", call_sid.trim_start_matches("CA"))
+}
+
+/// A Twilio-side stream: sends Twilio's frames, reads the server's.
+pub struct TestStream {
+    pub ws: actix_codec::Framed<BoxedSocket, Codec>,
+    seq: u64,
+}
+
+impl TestStream {
+    fn next_seq(&mut self) -> String {
+        self.seq += 1;
+        self.seq.to_string()
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        let text: String = text.into();
+        self.ws
+            .send(ws::Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_frame(&mut self, frame: TwilioFrame<'_>) {
+        self.send_text(frame.to_json()).await;
+    }
+
+    pub async fn connected_and_start(
+        &mut self,
+        call_sid: &str,
+        stream_sid: &str,
+        params: &[(String, String)],
+    ) {
+        self.send_frame(TwilioFrame::Connected {
+            protocol: "Call",
+            version: "1.0.0",
+        })
+        .await;
+        let start = Start {
+            account_sid: "ACtest".into(),
+            stream_sid: stream_sid.into(),
+            call_sid: call_sid.into(),
+            tracks: vec!["inbound".into()],
+            custom_parameters: params.iter().cloned().collect(),
+            media_format: MediaFormat::default(),
+        };
+        let seq = self.next_seq();
+        self.send_frame(TwilioFrame::Start {
+            sequence_number: seq,
+            stream_sid,
+            start: &start,
+        })
+        .await;
+    }
+
+    pub async fn media(&mut self, stream_sid: &str, chunk: u64, payload: &str) {
+        let seq = self.next_seq();
+        let chunk = chunk.to_string();
+        let ts = "0".to_string();
+        self.send_frame(TwilioFrame::Media {
+            sequence_number: seq,
+            stream_sid,
+            media: Media {
+                track: Some("inbound".into()),
+                chunk: Some(chunk.into()),
+                timestamp: Some(ts.into()),
+                payload: payload.into(),
+            },
+        })
+        .await;
+    }
+
+    pub async fn dtmf(&mut self, stream_sid: &str, digit: &str) {
+        let seq = self.next_seq();
+        self.send_frame(TwilioFrame::Dtmf {
+            sequence_number: seq,
+            stream_sid,
+            dtmf: Dtmf {
+                track: Some("inbound_track".into()),
+                digit: digit.into(),
+            },
+        })
+        .await;
+    }
+
+    pub async fn mark(&mut self, stream_sid: &str, name: &str) {
+        let seq = self.next_seq();
+        self.send_frame(TwilioFrame::Mark {
+            sequence_number: seq,
+            stream_sid,
+            mark: Mark { name: name.into() },
+        })
+        .await;
+    }
+
+    pub async fn stop(&mut self, stream_sid: &str, call_sid: &str) {
+        let seq = self.next_seq();
+        self.send_frame(TwilioFrame::Stop {
+            sequence_number: seq,
+            stream_sid,
+            stop: Stop {
+                account_sid: "ACtest".into(),
+                call_sid: call_sid.into(),
+            },
+        })
+        .await;
+    }
+
+    /// The next frame from the server, skipping pings.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            match timeout(PATIENCE, self.ws.next()).await {
+                Err(_) => panic!("no frame from the server within {PATIENCE:?}"),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => panic!("websocket error: {e}"),
+                Ok(Some(Ok(Frame::Ping(_) | Frame::Pong(_)))) => continue,
+                Ok(Some(Ok(frame))) => return Some(frame),
+            }
+        }
+    }
+
+    /// The next text frame as JSON; panics on anything else.
+    pub async fn next_json(&mut self) -> Value {
+        match self.next_frame().await {
+            Some(Frame::Text(bytes)) => serde_json::from_slice(&bytes).unwrap(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Reads until the server's close frame and returns its code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next_frame().await {
+                Some(Frame::Close(reason)) => {
+                    let reason = reason.expect("close frames carry a code");
+                    return (
+                        u16::from(reason.code),
+                        reason.description.unwrap_or_default(),
+                    );
+                }
+                Some(Frame::Text(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends one media frame and checks that exactly it comes back, with the stream's sid.
+    pub async fn echo_round_trip(&mut self, stream_sid: &str, payload: &str) {
+        self.media(stream_sid, 1, payload).await;
+        let echo = self.next_json().await;
+        assert_eq!(echo["event"], "media");
+        assert_eq!(echo["streamSid"], stream_sid);
+        assert_eq!(echo["media"]["payload"], payload);
+    }
+}
+
+/// Parses TwiML as XML and returns the document's verbs as a simple summary.
+#[derive(Debug, Default)]
+pub struct Twiml {
+    pub stream_url: Option<String>,
+    pub parameters: Vec<(String, String)>,
+    pub redirect: Option<String>,
+    pub say: Option<String>,
+    pub hangup: bool,
+    /// Verb names in document order (top level of `<Response>`).
+    pub verbs: Vec<String>,
+}
+
+pub fn parse_twiml(xml: &str) -> Twiml {
+    let doc = roxmltree::Document::parse(xml).unwrap_or_else(|e| panic!("bad TwiML {xml}: {e}"));
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "Response");
+    let mut t = Twiml::default();
+    for verb in root.children().filter(|n| n.is_element()) {
+        t.verbs.push(verb.tag_name().name().to_string());
+        match verb.tag_name().name() {
+            "Connect" => {
+                let stream = verb
+                    .children()
+                    .find(|n| n.has_tag_name("Stream"))
+                    .expect("Connect holds a Stream");
+                t.stream_url = stream.attribute("url").map(String::from);
+                for p in stream.children().filter(|n| n.has_tag_name("Parameter")) {
+                    t.parameters.push((
+                        p.attribute("name").unwrap().to_string(),
+                        p.attribute("value").unwrap().to_string(),
+                    ));
+                }
+            }
+            "Redirect" => {
+                assert_eq!(verb.attribute("method"), Some("POST"));
+                t.redirect = verb.text().map(String::from);
+            }
+            "Say" => t.say = verb.text().map(String::from),
+            "Hangup" => t.hangup = true,
+            other => panic!("unexpected verb {other}"),
+        }
+    }
+    t
+}
+
+/// Twilio-like webhook parameters for one call.
+pub fn call_params(call_sid: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CallSid", call_sid.to_string()),
+        ("AccountSid", "ACtest".to_string()),
+        ("From", "+14155550100".to_string()),
+        ("To", "+14155550199".to_string()),
+        ("CallStatus", "ringing".to_string()),
+        ("Direction", "inbound".to_string()),
+        ("ApiVersion", "2010-04-01".to_string()),
+    ]
+}

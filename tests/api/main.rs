@@ -1,0 +1,9 @@
+//! Black-box tests: the real server on port 0, driven over real sockets as Twilio would.
+
+mod bad_input;
+mod call_flow;
+mod capacity;
+mod config_errors;
+mod disconnects;
+mod helpers;
+mod webhook;
