@@ -11,6 +11,7 @@ use crate::call::handler::HandlerFactory;
 use crate::call::handlers::EchoHandler;
 use crate::call::supervisor::CallSupervisor;
 use crate::config::Config;
+use crate::http::auth::TwilioAuth;
 use crate::http::{health, stream, webhook, AppState};
 
 /// A bound, not yet running server.
@@ -27,7 +28,17 @@ impl Application {
         let port = listener.local_addr()?.port();
         let supervisor = CallSupervisor::new(config.limit_concurrency).start();
         let handler: HandlerFactory = Arc::new(|| Box::new(EchoHandler));
+        let auth = config
+            .twilio_auth_token
+            .as_deref()
+            .map(|token| Arc::new(TwilioAuth::new(token)));
+        if auth.is_none() {
+            log::warn!(
+                "TWILIO_AUTH_TOKEN is not set: /incoming-call and /media-stream are open to anyone"
+            );
+        }
         let state = AppState {
+            auth,
             config: Arc::new(config.clone()),
             supervisor: supervisor.clone(),
             handler,

@@ -28,6 +28,7 @@ pub const DEFAULT_BUSY_MESSAGE: &str =
     "Sorry, all of our lines are busy right now. Please call again in a few minutes.";
 pub const ENV_WORKERS: &str = "WORKERS";
 pub const ENV_RAILWAY_REPLICA_ID: &str = "RAILWAY_REPLICA_ID";
+pub const ENV_TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
 
 /// The effective configuration of one replica.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +49,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Names this replica in `/` (Railway's replica id, else the hostname).
     pub replica: String,
+    /// The Twilio account's auth token; when set, every Twilio request must be signed with it.
+    pub twilio_auth_token: Option<String>,
 }
 
 /// A variable that is set to something this service cannot use.
@@ -137,7 +140,10 @@ impl Config {
             .or_else(hostname)
             .unwrap_or_else(|| "unknown".into());
 
+        let twilio_auth_token = get(ENV_TWILIO_AUTH_TOKEN).map(|t| t.trim().to_string());
+
         Ok(Config {
+            twilio_auth_token,
             host,
             port,
             limit_concurrency,
@@ -149,6 +155,15 @@ impl Config {
             workers,
             replica,
         })
+    }
+
+    /// How Twilio requests are authenticated, as `/` reports it (the token itself never shows).
+    pub fn auth_mode(&self) -> &'static str {
+        if self.twilio_auth_token.is_some() {
+            "twilio-signature"
+        } else {
+            "disabled"
+        }
     }
 
     /// A configuration for tests: loopback, port 0, defaults elsewhere.
@@ -167,7 +182,7 @@ impl fmt::Display for Config {
         write!(
             f,
             "listen={}:{} limit_concurrency={} public_url={} max_redirects={} \
-             start_timeout={}s idle_timeout={}s workers={} replica={}",
+             start_timeout={}s idle_timeout={}s workers={} replica={} auth={}",
             self.host,
             self.port,
             self.limit_concurrency,
@@ -179,6 +194,7 @@ impl fmt::Display for Config {
             self.idle_timeout.as_secs(),
             self.workers.map_or("auto".to_string(), |w| w.to_string()),
             self.replica,
+            self.auth_mode(),
         )
     }
 }
@@ -255,6 +271,16 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(7));
         assert_eq!(c.busy_message, "Busy.");
         assert_eq!(c.replica, "r-1");
+    }
+
+    #[test]
+    fn the_auth_token_never_shows_in_the_startup_line() {
+        let c = parse(&[("TWILIO_AUTH_TOKEN", "s3cr3t-token")]).unwrap();
+        assert_eq!(c.twilio_auth_token.as_deref(), Some("s3cr3t-token"));
+        let line = c.to_string();
+        assert!(!line.contains("s3cr3t"), "{line}");
+        assert!(line.contains("auth=twilio-signature"), "{line}");
+        assert!(parse(&[]).unwrap().to_string().contains("auth=disabled"));
     }
 
     #[test]

@@ -14,17 +14,20 @@ use base64::Engine;
 use crate::call::handler::{CallHandler, HandlerError, MediaChunk, Outbox};
 use crate::call::supervisor::{BindCall, CallSlot, CallSupervisor, CloseCall};
 use crate::twilio::messages::{FrameError, StreamEvent};
+use crate::twilio::signature::{unix_now, StreamTokens, STREAM_TOKEN_PARAM};
 
 /// The largest frame a stream may send; Twilio's are well under 1 KiB.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// How long a closing stream may take to flush its close frame before the actor stops anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Timeouts a session enforces.
-#[derive(Clone, Copy, Debug)]
-pub struct SessionLimits {
+/// What a session enforces, from the configuration.
+#[derive(Clone)]
+pub struct SessionSettings {
     pub start_timeout: Duration,
     pub idle_timeout: Duration,
+    /// When set, `start` must carry a stream token minted for its CallSid.
+    pub tokens: Option<StreamTokens>,
 }
 
 /// Why a call ended; logged once at the end.
@@ -40,6 +43,8 @@ pub enum EndReason {
     IdleTimeout,
     ProtocolError,
     HandlerFailed,
+    /// `start` carried no valid stream token for its CallSid.
+    Unauthenticated,
     /// A newer stream of the same CallSid took over.
     Superseded,
 }
@@ -59,7 +64,7 @@ pub struct CallSession {
     slot: CallSlot,
     supervisor: Addr<CallSupervisor>,
     handler: Box<dyn CallHandler>,
-    limits: SessionLimits,
+    settings: SessionSettings,
     phase: Phase,
     /// Set once the session decided to close: later frames are ignored.
     ending: Option<(EndReason, u16)>,
@@ -85,7 +90,7 @@ impl CallSession {
         slot: CallSlot,
         supervisor: Addr<CallSupervisor>,
         handler: Box<dyn CallHandler>,
-        limits: SessionLimits,
+        settings: SessionSettings,
         ws: actix_ws::Session,
         inbound: actix_ws::MessageStream,
     ) -> Self {
@@ -93,7 +98,7 @@ impl CallSession {
             slot,
             supervisor,
             handler,
-            limits,
+            settings,
             phase: Phase::AwaitingStart,
             ending: None,
             writer: None,
@@ -157,6 +162,17 @@ impl CallSession {
         let result = match (&self.phase, event) {
             (_, StreamEvent::Connected | StreamEvent::Unknown) => Ok(()),
             (Phase::AwaitingStart, StreamEvent::Start(start)) => {
+                if let Some(tokens) = &self.settings.tokens {
+                    let token = start.custom_parameters.get(STREAM_TOKEN_PARAM);
+                    if let Err(e) =
+                        tokens.check(token.map(String::as_str), &start.call_sid, unix_now())
+                    {
+                        // Before the handler or the supervisor hear of this call: a forged
+                        // stream must not reach the voice backend nor supersede a real call.
+                        log::warn!("{} stream of {} refused: {e}", self.tag(), start.call_sid);
+                        return self.close(ctx, EndReason::Unauthenticated, 1008, &e.to_string());
+                    }
+                }
                 let (stream_sid, call_sid) = (start.stream_sid.clone(), start.call_sid.clone());
                 self.phase = Phase::Streaming {
                     stream_sid,
@@ -256,7 +272,7 @@ impl Actor for CallSession {
                     .max_continuation_size(MAX_FRAME_BYTES),
             );
         }
-        let start_timeout = self.limits.start_timeout;
+        let start_timeout = self.settings.start_timeout;
         ctx.run_later(start_timeout, move |act, ctx| {
             if matches!(act.phase, Phase::AwaitingStart) {
                 act.close(
@@ -267,7 +283,7 @@ impl Actor for CallSession {
                 );
             }
         });
-        let idle = self.limits.idle_timeout;
+        let idle = self.settings.idle_timeout;
         let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         ctx.run_interval(tick, move |act, ctx| {
             if matches!(act.phase, Phase::Streaming { .. }) && act.last_rx.elapsed() >= idle {

@@ -19,6 +19,8 @@ struct Health<'a> {
     replica: &'a str,
     version: &'static str,
     uptime_secs: u64,
+    /// `twilio-signature` or `disabled`.
+    auth: &'static str,
 }
 
 pub async fn health(state: web::Data<AppState>) -> actix_web::Result<HttpResponse> {
@@ -39,6 +41,7 @@ pub async fn health(state: web::Data<AppState>) -> actix_web::Result<HttpRespons
         replica: &state.config.replica,
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: snap.uptime_secs,
+        auth: state.config.auth_mode(),
     }))
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP surface: ops endpoints, the Twilio voice webhook and the stream target.
 //! None of these routes counts against the call limit; only admitted streams do.
 
+pub mod auth;
 pub mod health;
 pub mod stream;
 pub mod webhook;
@@ -17,6 +18,8 @@ pub struct AppState {
     pub config: std::sync::Arc<Config>,
     pub supervisor: Addr<CallSupervisor>,
     pub handler: HandlerFactory,
+    /// `None` when `TWILIO_AUTH_TOKEN` is unset: no request is checked.
+    pub auth: Option<std::sync::Arc<auth::TwilioAuth>>,
 }
 
 /// The public base URL of this service as Twilio reaches it: `PUBLIC_URL` when configured,
@@ -27,4 +30,27 @@ pub fn public_base_url(config: &Config, req: &actix_web::HttpRequest) -> String 
     }
     let info = req.connection_info();
     format!("{}://{}", info.scheme(), info.host())
+}
+
+/// `https://h` becomes `wss://h`, `http://h` becomes `ws://h` (local testing).
+pub fn websocket_base(base: &str) -> String {
+    if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn websocket_scheme_follows_http_scheme() {
+        assert_eq!(super::websocket_base("https://a.test"), "wss://a.test");
+        assert_eq!(
+            super::websocket_base("http://127.0.0.1:9"),
+            "ws://127.0.0.1:9"
+        );
+    }
 }

@@ -8,9 +8,9 @@ use actix::Actor;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason};
 
-use crate::call::session::{CallSession, SessionLimits};
+use crate::call::session::{CallSession, SessionSettings};
 use crate::call::supervisor::Admit;
-use crate::http::AppState;
+use crate::http::{auth, AppState};
 
 pub const PATH: &str = "/media-stream";
 
@@ -19,6 +19,7 @@ pub async fn media_stream(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
+    auth::check_upgrade(&state, &req)?;
     let (response, session, inbound) = actix_ws::handle(&req, body)?;
     let admission = state
         .supervisor
@@ -27,15 +28,16 @@ pub async fn media_stream(
         .map_err(actix_web::error::ErrorServiceUnavailable)?;
     match admission {
         Ok(slot) => {
-            let limits = SessionLimits {
+            let settings = SessionSettings {
                 start_timeout: state.config.start_timeout,
                 idle_timeout: state.config.idle_timeout,
+                tokens: state.auth.as_ref().map(|a| a.tokens.clone()),
             };
             CallSession::new(
                 slot,
                 state.supervisor.clone(),
                 (state.handler)(),
-                limits,
+                settings,
                 session,
                 inbound,
             )

@@ -7,7 +7,9 @@
 use actix_web::{http::Method, web, HttpRequest, HttpResponse};
 
 use crate::call::supervisor::GetSnapshot;
-use crate::http::{public_base_url, AppState};
+use crate::http::auth::{self, STREAM_TOKEN_TTL_SECS};
+use crate::http::{public_base_url, websocket_base, AppState};
+use crate::twilio::signature::{unix_now, STREAM_TOKEN_PARAM};
 use crate::twilio::twiml::{StreamVerb, TwimlResponse};
 
 pub const PATH: &str = "/incoming-call";
@@ -44,9 +46,16 @@ pub async fn incoming_call(
 ) -> actix_web::Result<HttpResponse> {
     let query: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
         .map_err(|_| bad_request("query string is not valid form encoding"))?;
-    let params: Vec<(String, String)> = if req.method() == Method::POST {
+    let form: Vec<(String, String)> = if req.method() == Method::POST {
         serde_urlencoded::from_bytes(&body)
             .map_err(|_| bad_request("body is not valid application/x-www-form-urlencoded"))?
+    } else {
+        Vec::new()
+    };
+    // A GET is signed over its URL alone; a POST over its URL and its form.
+    auth::check_request(&state, &req, &form)?;
+    let params = if req.method() == Method::POST {
+        form
     } else {
         query.clone()
     };
@@ -86,6 +95,13 @@ pub async fn incoming_call(
                 .filter_map(|name| param(name).map(|v| (name, v)))
                 .collect();
             parameters.push(("attempt", &attempt_text));
+            let token = state
+                .auth
+                .as_ref()
+                .map(|a| a.tokens.mint(call_sid, unix_now() + STREAM_TOKEN_TTL_SECS));
+            if let Some(token) = &token {
+                parameters.push((STREAM_TOKEN_PARAM, token));
+            }
             let twiml = TwimlResponse::new().connect_stream(&StreamVerb {
                 url: &stream_url,
                 status_callback: None,
@@ -109,17 +125,6 @@ pub async fn incoming_call(
     Ok(HttpResponse::Ok()
         .content_type("text/xml; charset=utf-8")
         .body(twiml.build()))
-}
-
-/// `https://h` becomes `wss://h`, `http://h` becomes `ws://h` (local testing).
-fn websocket_base(base: &str) -> String {
-    if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
-        base.to_string()
-    }
 }
 
 fn bad_request(reason: &'static str) -> actix_web::Error {
@@ -154,11 +159,5 @@ mod tests {
     #[test]
     fn an_attempt_past_every_try_is_busy_even_when_admitting() {
         assert_eq!(decide(5, 3, true), Answer::Busy);
-    }
-
-    #[test]
-    fn websocket_scheme_follows_http_scheme() {
-        assert_eq!(websocket_base("https://a.test"), "wss://a.test");
-        assert_eq!(websocket_base("http://127.0.0.1:9"), "ws://127.0.0.1:9");
     }
 }

@@ -1,4 +1,5 @@
-//! Twilio's side of the wire: stream messages and TwiML. Pure code, no I/O.
+//! Twilio's side of the wire: stream messages, TwiML, request signatures. Pure code, no I/O.
 
 pub mod messages;
+pub mod signature;
 pub mod twiml;

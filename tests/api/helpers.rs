@@ -102,9 +102,15 @@ impl TestApp {
     }
 
     pub async fn open_stream_at(&self, url: &str) -> TestStream {
+        self.open_stream_with_header(url, ("X-Test", String::new()))
+            .await
+    }
+
+    pub async fn open_stream_with_header(&self, url: &str, header: (&str, String)) -> TestStream {
         let (resp, ws) = self
             .client
             .ws(url)
+            .header(header.0, header.1)
             .max_frame_size(1 << 20)
             .connect()
             .await
