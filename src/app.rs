@@ -57,6 +57,8 @@ impl Application {
         })
         // Phone calls are long-lived connections; actix's default cap is per worker.
         .max_connections(100_000)
+        // Signals belong to the drain (src/drain.rs), not to actix's own graceful stop.
+        .disable_signals()
         .backlog(4096);
         if let Some(workers) = config.workers {
             server = server.workers(workers);
@@ -76,6 +78,11 @@ impl Application {
 
     pub fn supervisor(&self) -> actix::Addr<CallSupervisor> {
         self.supervisor.clone()
+    }
+
+    /// Stops the server from outside (after a drain).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
     }
 
     /// Serves until the server is stopped.

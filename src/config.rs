@@ -28,6 +28,11 @@ pub const DEFAULT_BUSY_MESSAGE: &str =
     "Sorry, all of our lines are busy right now. Please call again in a few minutes.";
 pub const ENV_WORKERS: &str = "WORKERS";
 pub const ENV_RAILWAY_REPLICA_ID: &str = "RAILWAY_REPLICA_ID";
+pub const ENV_DRAIN_TIMEOUT_SECS: &str = "DRAIN_TIMEOUT_SECS";
+pub const ENV_RAILWAY_DEPLOYMENT_DRAINING_SECONDS: &str = "RAILWAY_DEPLOYMENT_DRAINING_SECONDS";
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
+/// Handed-off calls need this long to close before Railway's SIGKILL lands.
+pub const DRAIN_MARGIN_SECS: u64 = 2;
 pub const ENV_TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
 
 /// The effective configuration of one replica.
@@ -47,6 +52,8 @@ pub struct Config {
     pub busy_message: String,
     /// HTTP worker threads; `None` lets actix use one per physical core.
     pub workers: Option<usize>,
+    /// After SIGTERM, how long live calls may go on before they are handed off.
+    pub drain_timeout: Duration,
     /// Names this replica in `/` (Railway's replica id, else the hostname).
     pub replica: String,
     /// The Twilio account's auth token; when set, every Twilio request must be signed with it.
@@ -140,9 +147,23 @@ impl Config {
             .or_else(hostname)
             .unwrap_or_else(|| "unknown".into());
 
+        let whole_secs = |name: &'static str| {
+            parse(name, "a whole number of seconds from 0 to 86400", &|v| {
+                v.parse::<u64>().is_ok_and(|n| n <= 86_400)
+            })
+            .map(|v| v.map(|v| v.parse::<u64>().unwrap()))
+        };
+        let railway_draining = whole_secs(ENV_RAILWAY_DEPLOYMENT_DRAINING_SECONDS)?;
+        let drain_timeout = Duration::from_secs(match whole_secs(ENV_DRAIN_TIMEOUT_SECS)? {
+            Some(secs) => secs,
+            None => railway_draining.map_or(DEFAULT_DRAIN_TIMEOUT_SECS, |s| {
+                s.saturating_sub(DRAIN_MARGIN_SECS)
+            }),
+        });
         let twilio_auth_token = get(ENV_TWILIO_AUTH_TOKEN).map(|t| t.trim().to_string());
 
         Ok(Config {
+            drain_timeout,
             twilio_auth_token,
             host,
             port,
@@ -182,7 +203,7 @@ impl fmt::Display for Config {
         write!(
             f,
             "listen={}:{} limit_concurrency={} public_url={} max_redirects={} \
-             start_timeout={}s idle_timeout={}s workers={} replica={} auth={}",
+             start_timeout={}s idle_timeout={}s drain_timeout={}s workers={} replica={} auth={}",
             self.host,
             self.port,
             self.limit_concurrency,
@@ -192,6 +213,7 @@ impl fmt::Display for Config {
             self.max_redirects,
             self.start_timeout.as_secs(),
             self.idle_timeout.as_secs(),
+            self.drain_timeout.as_secs(),
             self.workers.map_or("auto".to_string(), |w| w.to_string()),
             self.replica,
             self.auth_mode(),
@@ -315,6 +337,31 @@ mod tests {
             assert_eq!(err.value, value);
             assert!(err.to_string().contains(var), "{err}");
         }
+    }
+
+    #[test]
+    fn drain_timeout_follows_railways_draining_seconds_minus_a_margin() {
+        assert_eq!(parse(&[]).unwrap().drain_timeout, Duration::from_secs(30));
+        let c = parse(&[("RAILWAY_DEPLOYMENT_DRAINING_SECONDS", "10")]).unwrap();
+        assert_eq!(c.drain_timeout, Duration::from_secs(8));
+        let c = parse(&[("RAILWAY_DEPLOYMENT_DRAINING_SECONDS", "1")]).unwrap();
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+        let c = parse(&[
+            ("RAILWAY_DEPLOYMENT_DRAINING_SECONDS", "10"),
+            ("DRAIN_TIMEOUT_SECS", "3"),
+        ])
+        .unwrap();
+        assert_eq!(c.drain_timeout, Duration::from_secs(3));
+        assert_eq!(
+            parse(&[("DRAIN_TIMEOUT_SECS", "x")]).unwrap_err().variable,
+            "DRAIN_TIMEOUT_SECS"
+        );
+        assert_eq!(
+            parse(&[("RAILWAY_DEPLOYMENT_DRAINING_SECONDS", "-1")])
+                .unwrap_err()
+                .variable,
+            "RAILWAY_DEPLOYMENT_DRAINING_SECONDS"
+        );
     }
 
     #[test]

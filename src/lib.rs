@@ -8,15 +8,18 @@
 //!                                    ▼
 //!                               CallSession actor (one per call) ── CallHandler (echo)
 //!  ops ──GET / , /ready──▶ read the supervisor's snapshot
+//!  SIGTERM ──▶ drain: stop admitting, wait, hand remaining calls over, exit
 //! ```
 //!
 //! - [`call::supervisor`]: the single owner of admission and counts.
 //! - [`call::session`]: the actor that owns one call's WebSocket.
 //! - [`twilio`]: the wire formats (stream messages, TwiML), pure code.
+//! - [`drain`]: SIGTERM handling: drain, hand-off, exit.
 //! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
 
 pub mod app;
 pub mod call;
 pub mod config;
+pub mod drain;
 pub mod http;
 pub mod twilio;

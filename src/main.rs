@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use callvisor::app::Application;
 use callvisor::config::Config;
+use callvisor::drain::{wait_and_drain, Signals};
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
@@ -16,10 +17,20 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     log::info!("callvisor {} starting: {config}", env!("CARGO_PKG_VERSION"));
 
+    let drain_timeout = config.drain_timeout;
     let result = actix_web::rt::System::new().block_on(async move {
+        let signals = Signals::install()?;
         let app = Application::build(config)?;
         log::info!("listening on port {}", app.port());
-        app.run_until_stopped().await
+        let (handle, supervisor) = (app.handle(), app.supervisor());
+        let server = actix_web::rt::spawn(app.run_until_stopped());
+        tokio::select! {
+            done = server => return done.unwrap_or(Ok(())),
+            _ = wait_and_drain(signals, supervisor, drain_timeout) => {}
+        }
+        // Every call has ended or been handed over: nothing left to wait for.
+        handle.stop(false).await;
+        Ok(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

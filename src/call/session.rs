@@ -12,7 +12,7 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Closed, Message, Proto
 use base64::Engine;
 
 use crate::call::handler::{CallHandler, HandlerError, MediaChunk, Outbox};
-use crate::call::supervisor::{BindCall, CallSlot, CallSupervisor, CloseCall};
+use crate::call::supervisor::{Attach, BindCall, CallSlot, CallSupervisor, CloseCall};
 use crate::twilio::messages::{FrameError, StreamEvent};
 use crate::twilio::signature::{unix_now, StreamTokens, STREAM_TOKEN_PARAM};
 
@@ -47,6 +47,8 @@ pub enum EndReason {
     Unauthenticated,
     /// A newer stream of the same CallSid took over.
     Superseded,
+    /// The replica is draining: closed so that Twilio redirects the call to a live replica.
+    HandedOff,
 }
 
 enum Phase {
@@ -189,7 +191,6 @@ impl CallSession {
                 self.supervisor.do_send(BindCall {
                     slot: self.slot.id(),
                     call_sid,
-                    session: ctx.address().recipient(),
                 });
                 self.dispatch(|h, out| h.on_start(&start, out))
             }
@@ -261,6 +262,10 @@ impl Actor for CallSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.supervisor.do_send(Attach {
+            slot: self.slot.id(),
+            session: ctx.address().recipient(),
+        });
         if let Some(ws) = self.pending_ws.take() {
             self.writer = Some(SinkWrite::new(ws, ctx));
         }
@@ -374,6 +379,7 @@ impl Handler<CloseCall> for CallSession {
     fn handle(&mut self, msg: CloseCall, ctx: &mut Self::Context) {
         let why = match msg {
             CloseCall::Superseded => EndReason::Superseded,
+            CloseCall::Handoff => EndReason::HandedOff,
         };
         let (code, reason) = msg.close();
         self.close(ctx, why, code, reason);

@@ -19,6 +19,8 @@ pub type SlotId = u64;
 pub enum CloseCall {
     /// A newer stream of the same CallSid arrived: it replaces this one.
     Superseded,
+    /// The replica is going away: closing makes Twilio run the `<Redirect>` to a live replica.
+    Handoff,
 }
 
 impl CloseCall {
@@ -26,6 +28,7 @@ impl CloseCall {
     pub fn close(self) -> (u16, &'static str) {
         match self {
             CloseCall::Superseded => (1000, "superseded"),
+            CloseCall::Handoff => (1001, "handoff"),
         }
     }
 }
@@ -58,14 +61,31 @@ pub struct Admit;
 #[rtype(result = "()")]
 struct Release(SlotId);
 
+/// A session started: how to reach it to close its stream.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Attach {
+    pub slot: SlotId,
+    pub session: Recipient<CloseCall>,
+}
+
 /// A stream said `start`: from now on it is the live stream of `call_sid` on this replica.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct BindCall {
     pub slot: SlotId,
     pub call_sid: String,
-    pub session: Recipient<CloseCall>,
 }
+
+/// Stop admitting (SIGTERM). The answer fires once no call is left.
+#[derive(Message)]
+#[rtype(result = "tokio::sync::oneshot::Receiver<()>")]
+pub struct StartDrain;
+
+/// Close every live stream with 1001 `handoff` (drain deadline, or a second signal).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct HandOffAll;
 
 /// Asks for the current counts.
 #[derive(Message)]
@@ -81,6 +101,7 @@ pub struct Snapshot {
     pub calls_admitted: u64,
     pub calls_rejected: u64,
     pub calls_completed: u64,
+    pub calls_handed_off: u64,
     pub uptime_secs: u64,
 }
 
@@ -136,6 +157,9 @@ pub struct CallSupervisor {
     admitted: u64,
     rejected: u64,
     completed: u64,
+    handed_off: u64,
+    /// Told when the last call of a drain ends.
+    drained: Vec<tokio::sync::oneshot::Sender<()>>,
     started: Instant,
 }
 
@@ -150,6 +174,8 @@ impl CallSupervisor {
             admitted: 0,
             rejected: 0,
             completed: 0,
+            handed_off: 0,
+            drained: Vec::new(),
             started: Instant::now(),
         }
     }
@@ -162,6 +188,7 @@ impl CallSupervisor {
             calls_admitted: self.admitted,
             calls_rejected: self.rejected,
             calls_completed: self.completed,
+            calls_handed_off: self.handed_off,
             uptime_secs: self.started.elapsed().as_secs(),
         }
     }
@@ -221,6 +248,56 @@ impl Handler<Release> for CallSupervisor {
                 }
             }
         }
+        self.notify_if_drained();
+    }
+}
+
+impl CallSupervisor {
+    fn notify_if_drained(&mut self) {
+        if self.draining && self.live.is_empty() {
+            for waiter in self.drained.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+}
+
+impl Handler<Attach> for CallSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
+        if let Some(call) = self.live.get_mut(&msg.slot) {
+            call.session = Some(msg.session);
+        }
+    }
+}
+
+impl Handler<StartDrain> for CallSupervisor {
+    type Result = MessageResult<StartDrain>;
+
+    fn handle(&mut self, _: StartDrain, _: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.drained.push(tx);
+        self.notify_if_drained();
+        MessageResult(rx)
+    }
+}
+
+impl Handler<HandOffAll> for CallSupervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _: HandOffAll, _: &mut Self::Context) -> usize {
+        let mut sent = 0;
+        for call in self.live.values_mut() {
+            // take(): a call is handed off once, even if asked twice.
+            if let Some(session) = call.session.take() {
+                session.do_send(CloseCall::Handoff);
+                sent += 1;
+            }
+        }
+        self.handed_off += sent as u64;
+        sent as usize
     }
 }
 
@@ -232,7 +309,6 @@ impl Handler<BindCall> for CallSupervisor {
             return; // the stream already ended
         };
         call.call_sid = Some(msg.call_sid.clone());
-        call.session = Some(msg.session);
         if let Some(old) = self.by_call_sid.insert(msg.call_sid.clone(), msg.slot) {
             if old != msg.slot {
                 if let Some(old_call) = self.live.get(&old) {
@@ -242,6 +318,7 @@ impl Handler<BindCall> for CallSupervisor {
                         msg.slot
                     );
                     if let Some(session) = &old_call.session {
+                        // Not a completed call of its own: the call goes on in the new stream.
                         session.do_send(CloseCall::Superseded);
                     }
                 }
@@ -282,5 +359,28 @@ mod tests {
         assert_eq!((snap.active_calls, snap.calls_completed), (1, 1));
         assert!(sup.send(Admit).await.unwrap().is_ok());
         drop(b);
+    }
+
+    #[actix::test]
+    async fn a_drain_refuses_new_calls_and_reports_when_the_last_one_ends() {
+        let sup = CallSupervisor::new(5).start();
+        let a = sup.send(Admit).await.unwrap().unwrap();
+        let mut drained = sup.send(StartDrain).await.unwrap();
+        assert_eq!(
+            sup.send(Admit).await.unwrap().unwrap_err(),
+            Refusal::Draining
+        );
+        let snap = sup.send(GetSnapshot).await.unwrap();
+        assert!(snap.draining && !snap.admitting());
+        assert!(drained.try_recv().is_err(), "one call is still live");
+        drop(a);
+        drained.await.expect("told when the last call ended");
+    }
+
+    #[actix::test]
+    async fn an_empty_replica_is_drained_at_once() {
+        let sup = CallSupervisor::new(5).start();
+        let drained = sup.send(StartDrain).await.unwrap();
+        drained.await.unwrap();
     }
 }

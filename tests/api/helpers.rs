@@ -342,3 +342,108 @@ pub fn call_params(call_sid: &str) -> Vec<(&'static str, String)> {
         ("ApiVersion", "2010-04-01".to_string()),
     ]
 }
+
+/// The real binary, started as Railway would, for tests that need signals and exit codes.
+pub struct BinaryApp {
+    pub child: std::process::Child,
+    pub app: TestApp,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Starts `callvisor` on 127.0.0.1:0 with `env`, and waits until it listens.
+pub async fn spawn_binary(env: &[(&str, &str)]) -> BinaryApp {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_callvisor"));
+    cmd.current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("WORKERS", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(port) = line.split("listening on port ").nth(1) {
+                let _ = port_tx.send(port.trim().parse::<u16>().unwrap());
+            }
+            eprintln!("[callvisor] {line}");
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let port = actix_web::rt::task::spawn_blocking(move || port_rx.recv_timeout(PATIENCE))
+        .await
+        .unwrap()
+        .expect("the binary logs its port");
+    BinaryApp {
+        child,
+        app: TestApp {
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            client: awc::Client::builder().timeout(PATIENCE).finish(),
+        },
+        log,
+    }
+}
+
+impl BinaryApp {
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (at most `within`) and returns its exit code.
+    pub async fn exit_code(&mut self, within: Duration) -> i32 {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().expect("exited, not killed");
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("still running after {within:?}");
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn still_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits until a log line contains `needle`, and returns it.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("no log line with {needle:?}");
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for BinaryApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -6,5 +6,6 @@ mod call_flow;
 mod capacity;
 mod config_errors;
 mod disconnects;
+mod drain;
 mod helpers;
 mod webhook;
