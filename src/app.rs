@@ -12,7 +12,8 @@ use crate::call::handlers::EchoHandler;
 use crate::call::supervisor::CallSupervisor;
 use crate::config::Config;
 use crate::http::auth::TwilioAuth;
-use crate::http::{health, stream, webhook, AppState};
+use crate::http::{health, metrics, stream, stream_status, webhook, AppState};
+use crate::metrics::Metrics;
 
 /// A bound, not yet running server.
 pub struct Application {
@@ -26,7 +27,8 @@ impl Application {
     pub fn build(config: Config) -> std::io::Result<Self> {
         let listener = TcpListener::bind((config.host, config.port))?;
         let port = listener.local_addr()?.port();
-        let supervisor = CallSupervisor::new(config.limit_concurrency).start();
+        let metrics = Metrics::new();
+        let supervisor = CallSupervisor::new(config.limit_concurrency, metrics.clone()).start();
         let handler: HandlerFactory = Arc::new(|| Box::new(EchoHandler));
         let auth = config
             .twilio_auth_token
@@ -38,6 +40,7 @@ impl Application {
             );
         }
         let state = AppState {
+            metrics,
             auth,
             config: Arc::new(config.clone()),
             supervisor: supervisor.clone(),
@@ -51,6 +54,11 @@ impl Application {
                 .route("/", web::get().to(health::health))
                 .route("/", web::head().to(health::health))
                 .route("/ready", web::get().to(health::ready))
+                .route("/metrics", web::get().to(metrics::metrics))
+                .route(
+                    stream_status::PATH,
+                    web::post().to(stream_status::stream_status),
+                )
                 .route(webhook::PATH, web::post().to(webhook::incoming_call))
                 .route(webhook::PATH, web::get().to(webhook::incoming_call))
                 .route(stream::PATH, web::get().to(stream::media_stream))

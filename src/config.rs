@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::logging::LogFormat;
+
 pub const ENV_PORT: &str = "PORT";
 pub const DEFAULT_PORT: u16 = 8080;
 pub const ENV_HOST: &str = "HOST";
@@ -33,6 +35,7 @@ pub const ENV_RAILWAY_DEPLOYMENT_DRAINING_SECONDS: &str = "RAILWAY_DEPLOYMENT_DR
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 /// Handed-off calls need this long to close before Railway's SIGKILL lands.
 pub const DRAIN_MARGIN_SECS: u64 = 2;
+pub const ENV_LOG_FORMAT: &str = "LOG_FORMAT";
 pub const ENV_TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
 
 /// The effective configuration of one replica.
@@ -56,6 +59,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Names this replica in `/` (Railway's replica id, else the hostname).
     pub replica: String,
+    /// `text` (default) or `json`: one JSON object per log line.
+    pub log_format: LogFormat,
     /// The Twilio account's auth token; when set, every Twilio request must be signed with it.
     pub twilio_auth_token: Option<String>,
 }
@@ -160,9 +165,18 @@ impl Config {
                 s.saturating_sub(DRAIN_MARGIN_SECS)
             }),
         });
+        let log_format = match parse(ENV_LOG_FORMAT, "text or json", &|v| {
+            v == "text" || v == "json"
+        })?
+        .as_deref()
+        {
+            Some("json") => LogFormat::Json,
+            _ => LogFormat::Text,
+        };
         let twilio_auth_token = get(ENV_TWILIO_AUTH_TOKEN).map(|t| t.trim().to_string());
 
         Ok(Config {
+            log_format,
             drain_timeout,
             twilio_auth_token,
             host,

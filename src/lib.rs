@@ -22,4 +22,6 @@ pub mod call;
 pub mod config;
 pub mod drain;
 pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod twilio;

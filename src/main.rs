@@ -14,7 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    callvisor::logging::init(config.log_format);
     log::info!("callvisor {} starting: {config}", env!("CARGO_PKG_VERSION"));
 
     let drain_timeout = config.drain_timeout;

@@ -5,6 +5,7 @@
 use base64::Engine;
 use serde::Serialize;
 
+use crate::metrics::MediaCounts;
 use crate::twilio::messages::{ServerFrame, Start};
 
 /// A handler gave up on its call; the session closes the stream with 1011.
@@ -46,15 +47,26 @@ pub type HandlerFactory = std::sync::Arc<dyn Fn() -> Box<dyn CallHandler> + Send
 pub struct Outbox<'a> {
     stream_sid: &'a str,
     frames: &'a mut Vec<String>,
+    counts: &'a mut MediaCounts,
 }
 
 impl<'a> Outbox<'a> {
-    pub fn new(stream_sid: &'a str, frames: &'a mut Vec<String>) -> Self {
-        Outbox { stream_sid, frames }
+    pub fn new(
+        stream_sid: &'a str,
+        frames: &'a mut Vec<String>,
+        counts: &'a mut MediaCounts,
+    ) -> Self {
+        Outbox {
+            stream_sid,
+            frames,
+            counts,
+        }
     }
 
     /// Sends audio that is already base64 mu-law 8 kHz (passed through, not re-encoded).
     pub fn media_base64(&mut self, payload: &str) {
+        self.counts.frames_out += 1;
+        self.counts.bytes_out += decoded_len(payload);
         self.push(&ServerFrame::Media {
             stream_sid: self.stream_sid.into(),
             media: crate::twilio::messages::OutboundMedia {
@@ -91,4 +103,10 @@ impl<'a> Outbox<'a> {
         self.frames
             .push(String::from_utf8(buf).expect("serde_json writes UTF-8"));
     }
+}
+
+/// The byte length of base64 data once decoded (what the caller hears), without decoding it.
+fn decoded_len(b64: &str) -> u64 {
+    let padding = b64.bytes().rev().take_while(|&b| b == b'=').count();
+    (b64.len() / 4 * 3).saturating_sub(padding) as u64
 }

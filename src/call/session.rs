@@ -13,7 +13,16 @@ use base64::Engine;
 
 use crate::call::handler::{CallHandler, HandlerError, MediaChunk, Outbox};
 use crate::call::supervisor::{Attach, BindCall, CallSlot, CallSupervisor, CloseCall};
+use crate::metrics::{MediaCounts, Metrics};
 use crate::twilio::messages::{FrameError, StreamEvent};
+
+/// Logs about this call, with its CallSid and StreamSid as structured fields.
+macro_rules! call_log {
+    ($session:expr, $level:ident, $($fmt:tt)+) => {{
+        let (call_sid, stream_sid) = $session.sids();
+        log::log!(log::Level::$level, call_sid = call_sid, stream_sid = stream_sid; $($fmt)+);
+    }};
+}
 use crate::twilio::signature::{unix_now, StreamTokens, STREAM_TOKEN_PARAM};
 
 /// The largest frame a stream may send; Twilio's are well under 1 KiB.
@@ -51,6 +60,24 @@ pub enum EndReason {
     HandedOff,
 }
 
+impl EndReason {
+    /// The `reason` label of `callvisor_calls_ended_total`, also used in the end-of-call log.
+    pub fn label(self) -> &'static str {
+        match self {
+            EndReason::Stop => "stop",
+            EndReason::ClientClosed => "client_closed",
+            EndReason::ClientGone => "client_gone",
+            EndReason::StartTimeout => "start_timeout",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::ProtocolError => "protocol_error",
+            EndReason::HandlerFailed => "handler_failed",
+            EndReason::Unauthenticated => "auth",
+            EndReason::Superseded => "superseded",
+            EndReason::HandedOff => "handoff",
+        }
+    }
+}
+
 enum Phase {
     AwaitingStart,
     Streaming {
@@ -81,8 +108,11 @@ pub struct CallSession {
     /// Reused for each frame: decoded audio and the handler's outbound frames.
     audio_buf: Vec<u8>,
     out_buf: Vec<String>,
-    frames_in: u64,
-    frames_out: u64,
+    /// This call's media counts; plain fields, so counting a frame touches nothing shared.
+    counts: MediaCounts,
+    /// What of `counts` is already in the shared metrics (reported every tick and at the end).
+    reported: MediaCounts,
+    metrics: Metrics,
     dtmf: String,
     marks: u64,
 }
@@ -95,6 +125,7 @@ impl CallSession {
         settings: SessionSettings,
         ws: actix_ws::Session,
         inbound: actix_ws::MessageStream,
+        metrics: Metrics,
     ) -> Self {
         CallSession {
             slot,
@@ -110,21 +141,22 @@ impl CallSession {
             opened: Instant::now(),
             audio_buf: Vec::with_capacity(256),
             out_buf: Vec::with_capacity(4),
-            frames_in: 0,
-            frames_out: 0,
+            counts: MediaCounts::default(),
+            reported: MediaCounts::default(),
+            metrics,
             dtmf: String::new(),
             marks: 0,
         }
     }
 
-    /// The prefix of every log line about this call.
-    fn tag(&self) -> String {
+    /// The CallSid and StreamSid every log line about this call carries ("-" before `start`).
+    fn sids(&self) -> (&str, &str) {
         match &self.phase {
-            Phase::AwaitingStart => format!("[slot {}]", self.slot.id()),
+            Phase::AwaitingStart => ("-", "-"),
             Phase::Streaming {
                 stream_sid,
                 call_sid,
-            } => format!("[{call_sid} {stream_sid}]"),
+            } => (call_sid, stream_sid),
         }
     }
 
@@ -135,7 +167,7 @@ impl CallSession {
         }
         self.ending = Some((why, code));
         if why != EndReason::Stop {
-            log::info!("{} closing {code} ({reason})", self.tag());
+            call_log!(self, Info, "closing {code} ({reason})");
         }
         if let Some(writer) = self.writer.as_mut() {
             let _ = writer.write(Message::Close(Some(CloseReason {
@@ -149,7 +181,7 @@ impl CallSession {
     }
 
     fn protocol_error(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
-        log::warn!("{} protocol error: {reason}", self.tag());
+        call_log!(self, Warn, "protocol error: {reason}");
         self.close(ctx, EndReason::ProtocolError, code, reason);
     }
 
@@ -171,7 +203,13 @@ impl CallSession {
                     {
                         // Before the handler or the supervisor hear of this call: a forged
                         // stream must not reach the voice backend nor supersede a real call.
-                        log::warn!("{} stream of {} refused: {e}", self.tag(), start.call_sid);
+                        call_log!(
+                            self,
+                            Warn,
+                            "stream claiming {} refused: {e}",
+                            start.call_sid
+                        );
+                        self.metrics.rejected("auth");
                         return self.close(ctx, EndReason::Unauthenticated, 1008, &e.to_string());
                     }
                 }
@@ -180,9 +218,10 @@ impl CallSession {
                     stream_sid,
                     call_sid: call_sid.clone(),
                 };
-                log::info!(
-                    "{} call started: from={} to={} attempt={} tracks={:?}",
-                    self.tag(),
+                call_log!(
+                    self,
+                    Info,
+                    "call started: from={} to={} attempt={} tracks={:?}",
                     start.custom_parameters.get("From").map_or("?", |s| s),
                     start.custom_parameters.get("To").map_or("?", |s| s),
                     start.custom_parameters.get("attempt").map_or("?", |s| s),
@@ -212,6 +251,8 @@ impl CallSession {
                 {
                     return self.protocol_error(ctx, 1007, "media payload is not valid base64");
                 }
+                self.counts.frames_in += 1;
+                self.counts.bytes_in += self.audio_buf.len() as u64;
                 let audio = std::mem::take(&mut self.audio_buf);
                 let chunk = MediaChunk {
                     payload_base64: &media.payload,
@@ -222,18 +263,18 @@ impl CallSession {
                 result
             }
             (Phase::Streaming { .. }, StreamEvent::Dtmf(dtmf)) => {
-                log::debug!("{} dtmf {}", self.tag(), dtmf.digit);
+                call_log!(self, Debug, "dtmf {}", dtmf.digit);
                 self.dtmf.push_str(&dtmf.digit);
                 self.dispatch(|h, out| h.on_dtmf(&dtmf.digit, out))
             }
             (Phase::Streaming { .. }, StreamEvent::Mark(mark)) => {
-                log::debug!("{} mark {}", self.tag(), mark.name);
+                call_log!(self, Debug, "mark {}", mark.name);
                 self.marks += 1;
                 self.dispatch(|h, out| h.on_mark(&mark.name, out))
             }
         };
         if let Err(e) = result {
-            log::error!("{} handler failed: {e}", self.tag());
+            call_log!(self, Error, "handler failed: {e}");
             self.close(ctx, EndReason::HandlerFailed, 1011, "handler failed");
         }
     }
@@ -246,11 +287,10 @@ impl CallSession {
         let Phase::Streaming { stream_sid, .. } = &self.phase else {
             return Ok(());
         };
-        let mut out = Outbox::new(stream_sid, &mut self.out_buf);
+        let mut out = Outbox::new(stream_sid, &mut self.out_buf, &mut self.counts);
         let result = f(self.handler.as_mut(), &mut out);
         if let Some(writer) = self.writer.as_mut() {
             for frame in self.out_buf.drain(..) {
-                self.frames_out += 1;
                 let _ = writer.write(Message::Text(frame.into()));
             }
         }
@@ -291,6 +331,7 @@ impl Actor for CallSession {
         let idle = self.settings.idle_timeout;
         let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         ctx.run_interval(tick, move |act, ctx| {
+            act.counts.report(&mut act.reported, &act.metrics);
             if matches!(act.phase, Phase::Streaming { .. }) && act.last_rx.elapsed() >= idle {
                 act.close(
                     ctx,
@@ -304,12 +345,23 @@ impl Actor for CallSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         let (reason, code) = self.ending.unwrap_or((EndReason::ClientGone, 1006));
-        log::info!(
-            "{} call ended: reason={reason:?} code={code} duration={:.1}s frames_in={} frames_out={} dtmf={:?} marks={}",
-            self.tag(),
-            self.opened.elapsed().as_secs_f64(),
-            self.frames_in,
-            self.frames_out,
+        let duration = self.opened.elapsed().as_secs_f64();
+        self.metrics
+            .calls_ended
+            .get_or_create(&[("reason", reason.label())])
+            .inc();
+        self.metrics.call_duration.observe(duration);
+        self.counts.report(&mut self.reported, &self.metrics);
+        let MediaCounts {
+            frames_in,
+            frames_out,
+            ..
+        } = self.counts;
+        call_log!(
+            self,
+            Info,
+            "call ended: reason={} code={code} duration={duration:.1}s frames_in={frames_in} frames_out={frames_out} dtmf={:?} marks={}",
+            reason.label(),
             self.dtmf,
             self.marks,
         );
@@ -328,7 +380,6 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for CallSession {
         self.last_rx = Instant::now();
         match msg {
             Ok(AggregatedMessage::Text(text)) => {
-                self.frames_in += 1;
                 self.on_text(&text, ctx);
             }
             Ok(AggregatedMessage::Binary(_)) => {

@@ -10,6 +10,8 @@ use std::time::Instant;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::metrics::Metrics;
+
 /// Identifies one admitted stream for the lifetime of the process.
 pub type SlotId = u64;
 
@@ -47,6 +49,14 @@ impl Refusal {
         match self {
             Refusal::AtCapacity => (1013, "at capacity"),
             Refusal::Draining => (1001, "draining"),
+        }
+    }
+
+    /// The `reason` label of `callvisor_calls_rejected_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::AtCapacity => "capacity",
+            Refusal::Draining => "draining",
         }
     }
 }
@@ -161,10 +171,12 @@ pub struct CallSupervisor {
     /// Told when the last call of a drain ends.
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
     started: Instant,
+    metrics: Metrics,
 }
 
 impl CallSupervisor {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, metrics: Metrics) -> Self {
+        metrics.calls_limit.set(limit as i64);
         CallSupervisor {
             limit,
             draining: false,
@@ -177,6 +189,7 @@ impl CallSupervisor {
             handed_off: 0,
             drained: Vec::new(),
             started: Instant::now(),
+            metrics,
         }
     }
 
@@ -217,11 +230,14 @@ impl Handler<Admit> for CallSupervisor {
         };
         if let Some(refusal) = refusal {
             self.rejected += 1;
+            self.metrics.rejected(refusal.label());
             return MessageResult(Err(refusal));
         }
         let id = self.next_slot;
         self.next_slot += 1;
         self.admitted += 1;
+        self.metrics.calls_admitted.inc();
+        self.metrics.calls_active.set(self.live.len() as i64 + 1);
         self.live.insert(
             id,
             LiveCall {
@@ -242,6 +258,7 @@ impl Handler<Release> for CallSupervisor {
     fn handle(&mut self, Release(id): Release, _: &mut Self::Context) {
         if let Some(call) = self.live.remove(&id) {
             self.completed += 1;
+            self.metrics.calls_active.set(self.live.len() as i64);
             if let Some(sid) = call.call_sid {
                 if self.by_call_sid.get(&sid) == Some(&id) {
                     self.by_call_sid.remove(&sid);
@@ -277,6 +294,7 @@ impl Handler<StartDrain> for CallSupervisor {
 
     fn handle(&mut self, _: StartDrain, _: &mut Self::Context) -> Self::Result {
         self.draining = true;
+        self.metrics.draining.set(1);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drained.push(tx);
         self.notify_if_drained();
@@ -313,8 +331,8 @@ impl Handler<BindCall> for CallSupervisor {
             if old != msg.slot {
                 if let Some(old_call) = self.live.get(&old) {
                     log::info!(
-                        "[{}] a new stream replaces the live one (slot {old} -> {})",
-                        msg.call_sid,
+                        call_sid = msg.call_sid.as_str();
+                        "a new stream replaces the live one (slot {old} -> {})",
                         msg.slot
                     );
                     if let Some(session) = &old_call.session {
@@ -341,7 +359,7 @@ mod tests {
 
     #[actix::test]
     async fn admits_up_to_the_limit_and_slots_come_back_on_drop() {
-        let sup = CallSupervisor::new(2).start();
+        let sup = CallSupervisor::new(2, Metrics::new()).start();
         let a = sup.send(Admit).await.unwrap().unwrap();
         let b = sup.send(Admit).await.unwrap().unwrap();
         assert_eq!(
@@ -363,7 +381,7 @@ mod tests {
 
     #[actix::test]
     async fn a_drain_refuses_new_calls_and_reports_when_the_last_one_ends() {
-        let sup = CallSupervisor::new(5).start();
+        let sup = CallSupervisor::new(5, Metrics::new()).start();
         let a = sup.send(Admit).await.unwrap().unwrap();
         let mut drained = sup.send(StartDrain).await.unwrap();
         assert_eq!(
@@ -379,7 +397,7 @@ mod tests {
 
     #[actix::test]
     async fn an_empty_replica_is_drained_at_once() {
-        let sup = CallSupervisor::new(5).start();
+        let sup = CallSupervisor::new(5, Metrics::new()).start();
         let drained = sup.send(StartDrain).await.unwrap();
         drained.await.unwrap();
     }

@@ -3,7 +3,9 @@
 
 pub mod auth;
 pub mod health;
+pub mod metrics;
 pub mod stream;
+pub mod stream_status;
 pub mod webhook;
 
 use actix::Addr;
@@ -20,6 +22,7 @@ pub struct AppState {
     pub handler: HandlerFactory,
     /// `None` when `TWILIO_AUTH_TOKEN` is unset: no request is checked.
     pub auth: Option<std::sync::Arc<auth::TwilioAuth>>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The public base URL of this service as Twilio reaches it: `PUBLIC_URL` when configured,

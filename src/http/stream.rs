@@ -19,7 +19,10 @@ pub async fn media_stream(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
-    auth::check_upgrade(&state, &req)?;
+    if let Err(e) = auth::check_upgrade(&state, &req) {
+        state.metrics.rejected("auth");
+        return Err(e.into());
+    }
     let (response, session, inbound) = actix_ws::handle(&req, body)?;
     let admission = state
         .supervisor
@@ -40,6 +43,7 @@ pub async fn media_stream(
                 settings,
                 session,
                 inbound,
+                state.metrics.clone(),
             )
             .start();
         }

@@ -8,7 +8,7 @@ use actix_web::{http::Method, web, HttpRequest, HttpResponse};
 
 use crate::call::supervisor::GetSnapshot;
 use crate::http::auth::{self, STREAM_TOKEN_TTL_SECS};
-use crate::http::{public_base_url, websocket_base, AppState};
+use crate::http::{public_base_url, stream_status, websocket_base, AppState};
 use crate::twilio::signature::{unix_now, STREAM_TOKEN_PARAM};
 use crate::twilio::twiml::{StreamVerb, TwimlResponse};
 
@@ -53,7 +53,10 @@ pub async fn incoming_call(
         Vec::new()
     };
     // A GET is signed over its URL alone; a POST over its URL and its form.
-    auth::check_request(&state, &req, &form)?;
+    if let Err(e) = auth::check_request(&state, &req, &form) {
+        state.metrics.webhook("forbidden");
+        return Err(e.into());
+    }
     let params = if req.method() == Method::POST {
         form
     } else {
@@ -89,6 +92,7 @@ pub async fn incoming_call(
     let twiml = match answer {
         Answer::Connect => {
             let stream_url = format!("{}/media-stream", websocket_base(&base));
+            let status_callback = format!("{base}{}", stream_status::PATH);
             let attempt_text = attempt.to_string();
             let mut parameters: Vec<(&str, &str)> = ["CallSid", "From", "To"]
                 .into_iter()
@@ -104,7 +108,7 @@ pub async fn incoming_call(
             }
             let twiml = TwimlResponse::new().connect_stream(&StreamVerb {
                 url: &stream_url,
-                status_callback: None,
+                status_callback: Some(&status_callback),
                 parameters: &parameters,
             });
             // Runs only if the stream closes while the caller is still there.
@@ -117,8 +121,14 @@ pub async fn incoming_call(
         Answer::Redirect => TwimlResponse::new().redirect(&redirect),
         Answer::Busy => busy(TwimlResponse::new()),
     };
+    state.metrics.webhook(match answer {
+        Answer::Connect => "connect",
+        Answer::Redirect => "redirect",
+        Answer::Busy => "busy",
+    });
     log::info!(
-        "[{call_sid}] webhook attempt={attempt} answer={answer:?} active={}/{}",
+        call_sid = call_sid;
+        "webhook attempt={attempt} answer={answer:?} active={}/{}",
         snap.active_calls,
         snap.limit
     );

@@ -377,7 +377,8 @@ pub async fn spawn_binary(env: &[(&str, &str)]) -> BinaryApp {
             .map_while(Result::ok)
         {
             if let Some(port) = line.split("listening on port ").nth(1) {
-                let _ = port_tx.send(port.trim().parse::<u16>().unwrap());
+                let digits: String = port.chars().take_while(char::is_ascii_digit).collect();
+                let _ = port_tx.send(digits.parse::<u16>().unwrap());
             }
             eprintln!("[callvisor] {line}");
             sink.lock().unwrap().push(line);
@@ -424,6 +425,11 @@ impl BinaryApp {
 
     pub fn still_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Every stderr line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// Waits until a log line contains `needle`, and returns it.

@@ -8,4 +8,5 @@ mod config_errors;
 mod disconnects;
 mod drain;
 mod helpers;
+mod observability;
 mod webhook;

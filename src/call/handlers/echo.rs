@@ -25,7 +25,8 @@ mod tests {
     #[test]
     fn echoes_the_payload_with_the_stream_sid() {
         let mut frames = Vec::new();
-        let mut out = Outbox::new("MZ42", &mut frames);
+        let mut counts = crate::metrics::MediaCounts::default();
+        let mut out = Outbox::new("MZ42", &mut frames, &mut counts);
         EchoHandler
             .on_media(
                 &MediaChunk {
@@ -36,6 +37,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(frames.len(), 1);
+        assert_eq!((counts.frames_out, counts.bytes_out), (1, 4));
         match ServerFrame::parse(&frames[0]).unwrap() {
             ServerFrame::Media { stream_sid, media } => {
                 assert_eq!(stream_sid, "MZ42");

@@ -1,0 +1,42 @@
+//! Logging through `log` + env_logger: human-readable by default, one JSON object per line with
+//! `LOG_FORMAT=json` (Railway's log explorer indexes its fields). `RUST_LOG` sets levels.
+
+use std::io::Write;
+
+use log::kv::{Key, Value, VisitSource};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global logger (once, at start).
+pub fn init(format: LogFormat) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        builder.format(|buf, record| {
+            let mut line = serde_json::Map::new();
+            line.insert("time".into(), buf.timestamp_micros().to_string().into());
+            line.insert("level".into(), record.level().as_str().into());
+            line.insert("target".into(), record.target().into());
+            line.insert("msg".into(), record.args().to_string().into());
+            // Structured fields (call_sid, stream_sid) become top-level keys.
+            let _ = record.key_values().visit(&mut Fields(&mut line));
+            serde_json::to_writer(&mut *buf, &line)?;
+            writeln!(buf)
+        });
+    }
+    builder.init();
+}
+
+struct Fields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl<'kvs> VisitSource<'kvs> for Fields<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        self.0.insert(key.to_string(), value.to_string().into());
+        Ok(())
+    }
+}

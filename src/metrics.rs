@@ -1,0 +1,188 @@
+//! Prometheus metrics, one registry per process.
+//!
+//! Counters are atomics: incrementing one takes no lock and sends no message. Per-frame counts are
+//! kept as plain fields by each call's actor and added here in batches (every second and at the
+//! call's end), so the per-frame path touches no shared memory at all.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// One label, as a fixed-size set (no allocation per increment).
+pub type Label = [(&'static str, &'static str); 1];
+
+/// Every metric this service exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub calls_active: Gauge,
+    pub calls_limit: Gauge,
+    pub draining: Gauge,
+    pub calls_admitted: Counter,
+    /// `reason`: capacity, draining, auth.
+    pub calls_rejected: Family<Label, Counter>,
+    /// `reason`: stop, client_closed, client_gone, start_timeout, idle_timeout, protocol_error,
+    /// handler_failed, superseded, handoff, auth.
+    pub calls_ended: Family<Label, Counter>,
+    /// `outcome`: connect, redirect, busy, forbidden.
+    pub webhook_answers: Family<Label, Counter>,
+    pub media_frames_in: Counter,
+    pub media_frames_out: Counter,
+    pub media_bytes_in: Counter<u64, AtomicU64>,
+    pub media_bytes_out: Counter<u64, AtomicU64>,
+    pub call_duration: Histogram,
+    /// `event`: stream-started, stream-stopped, stream-error (as Twilio names them).
+    pub stream_status_events: Family<[(&'static str, String); 1], Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("callvisor");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            calls_active: Gauge::default(),
+            calls_limit: Gauge::default(),
+            draining: Gauge::default(),
+            calls_admitted: Counter::default(),
+            calls_rejected: Family::default(),
+            calls_ended: Family::default(),
+            webhook_answers: Family::default(),
+            media_frames_in: Counter::default(),
+            media_frames_out: Counter::default(),
+            media_bytes_in: Counter::default(),
+            media_bytes_out: Counter::default(),
+            // 1 s .. ~4.5 h
+            call_duration: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            stream_status_events: Family::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "calls_active",
+            "Live calls on this replica",
+            m.calls_active.clone(),
+        );
+        r.register(
+            "calls_limit",
+            "LIMIT_CONCURRENCY of this replica",
+            m.calls_limit.clone(),
+        );
+        r.register(
+            "draining",
+            "1 while this replica drains (SIGTERM)",
+            m.draining.clone(),
+        );
+        r.register(
+            "calls_admitted",
+            "Streams admitted",
+            m.calls_admitted.clone(),
+        );
+        r.register(
+            "calls_rejected",
+            "Streams refused, by reason",
+            m.calls_rejected.clone(),
+        );
+        r.register(
+            "calls_ended",
+            "Admitted calls that ended, by reason",
+            m.calls_ended.clone(),
+        );
+        r.register(
+            "webhook_answers",
+            "Voice webhook answers, by outcome",
+            m.webhook_answers.clone(),
+        );
+        r.register(
+            "media_frames_in",
+            "Media frames received",
+            m.media_frames_in.clone(),
+        );
+        r.register(
+            "media_frames_out",
+            "Media frames sent",
+            m.media_frames_out.clone(),
+        );
+        r.register(
+            "media_bytes_in",
+            "Decoded audio bytes received",
+            m.media_bytes_in.clone(),
+        );
+        r.register(
+            "media_bytes_out",
+            "Decoded audio bytes sent",
+            m.media_bytes_out.clone(),
+        );
+        r.register(
+            "call_duration_seconds",
+            "Duration of admitted calls",
+            m.call_duration.clone(),
+        );
+        r.register(
+            "stream_status_events",
+            "Twilio <Stream statusCallback> events, by event",
+            m.stream_status_events.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            ..m
+        }
+    }
+
+    /// The OpenMetrics text exposition (Prometheus reads it).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.calls_rejected
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    pub fn webhook(&self, outcome: &'static str) {
+        self.webhook_answers
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+}
+
+/// Per-call media counts, kept by the call's actor and flushed into [`Metrics`] in batches.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MediaCounts {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl MediaCounts {
+    /// Adds to `metrics` what was counted since `reported`, then records it as reported.
+    pub fn report(&self, reported: &mut MediaCounts, metrics: &Metrics) {
+        metrics
+            .media_frames_in
+            .inc_by(self.frames_in - reported.frames_in);
+        metrics
+            .media_frames_out
+            .inc_by(self.frames_out - reported.frames_out);
+        metrics
+            .media_bytes_in
+            .inc_by(self.bytes_in - reported.bytes_in);
+        metrics
+            .media_bytes_out
+            .inc_by(self.bytes_out - reported.bytes_out);
+        *reported = *self;
+    }
+}
