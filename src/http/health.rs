@@ -25,11 +25,7 @@ struct Health<'a> {
 }
 
 pub async fn health(state: web::Data<AppState>) -> actix_web::Result<HttpResponse> {
-    let snap = state
-        .supervisor
-        .send(crate::call::supervisor::GetSnapshot)
-        .await
-        .map_err(actix_web::error::ErrorServiceUnavailable)?;
+    let snap = state.snapshot().await?;
     Ok(HttpResponse::Ok().json(Health {
         status: if snap.draining { "draining" } else { "ok" },
         active_calls: snap.active_calls,
@@ -49,11 +45,7 @@ pub async fn health(state: web::Data<AppState>) -> actix_web::Result<HttpRespons
 
 /// 200 while this replica admits calls; 503 when it is full or draining.
 pub async fn ready(state: web::Data<AppState>) -> actix_web::Result<HttpResponse> {
-    let snap = state
-        .supervisor
-        .send(crate::call::supervisor::GetSnapshot)
-        .await
-        .map_err(actix_web::error::ErrorServiceUnavailable)?;
+    let snap = state.snapshot().await?;
     Ok(if snap.admitting() {
         HttpResponse::Ok().body("ready\n")
     } else if snap.draining {

@@ -3,15 +3,10 @@
 
 use actix_web::{web, HttpResponse};
 
-use crate::call::supervisor::GetSnapshot;
 use crate::http::AppState;
 
 pub async fn metrics(state: web::Data<AppState>) -> actix_web::Result<HttpResponse> {
-    let snap = state
-        .supervisor
-        .send(GetSnapshot)
-        .await
-        .map_err(actix_web::error::ErrorServiceUnavailable)?;
+    let snap = state.snapshot().await?;
     let m = &state.metrics;
     m.calls_active.set(snap.active_calls as i64);
     m.calls_limit.set(snap.limit as i64);

@@ -25,6 +25,16 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
 }
 
+impl AppState {
+    /// The supervisor's current counts (one mailbox round trip; never blocked by the call cap).
+    pub async fn snapshot(&self) -> actix_web::Result<crate::call::supervisor::Snapshot> {
+        self.supervisor
+            .send(crate::call::supervisor::GetSnapshot)
+            .await
+            .map_err(actix_web::error::ErrorServiceUnavailable)
+    }
+}
+
 /// The public base URL of this service as Twilio reaches it: `PUBLIC_URL` when configured,
 /// else rebuilt from the forwarded headers a proxy (Railway's edge) adds, else the Host header.
 pub fn public_base_url(config: &Config, req: &actix_web::HttpRequest) -> String {

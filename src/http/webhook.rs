@@ -6,7 +6,6 @@
 
 use actix_web::{http::Method, web, HttpRequest, HttpResponse};
 
-use crate::call::supervisor::GetSnapshot;
 use crate::http::auth::{self, STREAM_TOKEN_TTL_SECS};
 use crate::http::{public_base_url, stream_status, websocket_base, AppState};
 use crate::twilio::signature::{unix_now, STREAM_TOKEN_PARAM};
@@ -77,11 +76,7 @@ pub async fn incoming_call(
     };
     let call_sid = param("CallSid").unwrap_or("");
 
-    let snap = state
-        .supervisor
-        .send(GetSnapshot)
-        .await
-        .map_err(actix_web::error::ErrorServiceUnavailable)?;
+    let snap = state.snapshot().await?;
     let config = &state.config;
     let answer = decide(attempt, config.max_redirects, snap.admitting());
     let base = public_base_url(config, &req);
