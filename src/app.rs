@@ -67,6 +67,8 @@ impl Application {
         .max_connections(100_000)
         // Signals belong to the drain (src/drain.rs), not to actix's own graceful stop.
         .disable_signals()
+        // After a drain only closing sockets remain: give them time to flush their close frames.
+        .shutdown_timeout(1)
         .backlog(4096);
         if let Some(workers) = config.workers {
             server = server.workers(workers);

@@ -28,8 +28,9 @@ fn main() -> ExitCode {
             done = server => return done.unwrap_or(Ok(())),
             _ = wait_and_drain(signals, supervisor, drain_timeout) => {}
         }
-        // Every call has ended or been handed over: nothing left to wait for.
-        handle.stop(false).await;
+        // Every call has ended or been handed over. A graceful stop still lets the last close
+        // frames reach the wire (bounded by the server's shutdown timeout).
+        handle.stop(true).await;
         Ok(())
     });
     match result {
