@@ -80,9 +80,16 @@ pub async fn incoming_call(
     let config = &state.config;
     let answer = decide(attempt, config.max_redirects, snap.admitting());
     let base = public_base_url(config, &req);
-    let can_bounce = attempt <= config.max_redirects;
-    let redirect = format!("{base}{PATH}?attempt={}", attempt + 1);
     let busy = |twiml: TwimlResponse| twiml.say(&config.busy_message).hangup();
+    // What follows a try that cannot place the call: the next try (through the load balancer,
+    // usually on another replica) while bounces are left, else the busy message.
+    let fallback = |twiml: TwimlResponse| {
+        if attempt <= config.max_redirects {
+            twiml.redirect(&format!("{base}{PATH}?attempt={}", attempt + 1))
+        } else {
+            busy(twiml)
+        }
+    };
 
     let twiml = match answer {
         Answer::Connect => {
@@ -107,13 +114,9 @@ pub async fn incoming_call(
                 parameters: &parameters,
             });
             // Runs only if the stream closes while the caller is still there.
-            if can_bounce {
-                twiml.redirect(&redirect)
-            } else {
-                busy(twiml)
-            }
+            fallback(twiml)
         }
-        Answer::Redirect => TwimlResponse::new().redirect(&redirect),
+        Answer::Redirect => fallback(TwimlResponse::new()),
         Answer::Busy => busy(TwimlResponse::new()),
     };
     state.metrics.webhook(match answer {

@@ -13,6 +13,22 @@ async fn a_non_numeric_attempt_is_a_bad_request() {
 }
 
 #[actix_web::test]
+async fn an_absurd_attempt_is_answered_busy_not_a_crash() {
+    let app = spawn_app().await;
+    let (status, xml) = app
+        .webhook(&[("CallSid", "CA1")], &format!("?attempt={}", u32::MAX))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(parse_twiml(&xml).verbs, ["Say", "Hangup"]);
+    // Past u32 it is not a number this service accepts.
+    let (status, _) = app
+        .webhook(&[("CallSid", "CA1")], "?attempt=4294967296")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(app.health().await["status"], "ok");
+}
+
+#[actix_web::test]
 async fn get_webhooks_work_and_values_are_escaped() {
     let app = spawn_app().await;
     let (status, xml) = app
