@@ -21,6 +21,7 @@ pub type Label = [(&'static str, &'static str); 1];
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    /// The three gauges mirror the supervisor's snapshot; `/metrics` sets them at scrape time.
     pub calls_active: Gauge,
     pub calls_limit: Gauge,
     pub draining: Gauge,
@@ -49,93 +50,98 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("callvisor");
-        let m = Metrics {
-            registry: Arc::new(Registry::default()),
-            calls_active: Gauge::default(),
-            calls_limit: Gauge::default(),
-            draining: Gauge::default(),
-            calls_admitted: Counter::default(),
-            calls_rejected: Family::default(),
-            calls_ended: Family::default(),
-            webhook_answers: Family::default(),
-            media_frames_in: Counter::default(),
-            media_frames_out: Counter::default(),
-            media_bytes_in: Counter::default(),
-            media_bytes_out: Counter::default(),
-            // 1 s .. ~4.5 h
-            call_duration: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
-            stream_status_events: Family::default(),
-        };
-        let r = &mut registry;
+        let calls_active = Gauge::default();
+        let calls_limit = Gauge::default();
+        let draining = Gauge::default();
+        let calls_admitted = Counter::default();
+        let calls_rejected = Family::default();
+        let calls_ended = Family::default();
+        let webhook_answers = Family::default();
+        let media_frames_in = Counter::default();
+        let media_frames_out = Counter::default();
+        let media_bytes_in = Counter::default();
+        let media_bytes_out = Counter::default();
+        // 1 s .. ~4.5 h
+        let call_duration = Histogram::new(exponential_buckets(1.0, 2.0, 15));
+        let stream_status_events = Family::default();
+
+        let mut r = Registry::with_prefix("callvisor");
         r.register(
             "calls_active",
             "Live calls on this replica",
-            m.calls_active.clone(),
+            calls_active.clone(),
         );
         r.register(
             "calls_limit",
             "LIMIT_CONCURRENCY of this replica",
-            m.calls_limit.clone(),
+            calls_limit.clone(),
         );
         r.register(
             "draining",
             "1 while this replica drains (SIGTERM)",
-            m.draining.clone(),
+            draining.clone(),
         );
-        r.register(
-            "calls_admitted",
-            "Streams admitted",
-            m.calls_admitted.clone(),
-        );
+        r.register("calls_admitted", "Streams admitted", calls_admitted.clone());
         r.register(
             "calls_rejected",
             "Streams refused, by reason",
-            m.calls_rejected.clone(),
+            calls_rejected.clone(),
         );
         r.register(
             "calls_ended",
             "Admitted calls that ended, by reason",
-            m.calls_ended.clone(),
+            calls_ended.clone(),
         );
         r.register(
             "webhook_answers",
             "Voice webhook answers, by outcome",
-            m.webhook_answers.clone(),
+            webhook_answers.clone(),
         );
         r.register(
             "media_frames_in",
             "Media frames received",
-            m.media_frames_in.clone(),
+            media_frames_in.clone(),
         );
         r.register(
             "media_frames_out",
             "Media frames sent",
-            m.media_frames_out.clone(),
+            media_frames_out.clone(),
         );
         r.register(
             "media_bytes_in",
             "Decoded audio bytes received",
-            m.media_bytes_in.clone(),
+            media_bytes_in.clone(),
         );
         r.register(
             "media_bytes_out",
             "Decoded audio bytes sent",
-            m.media_bytes_out.clone(),
+            media_bytes_out.clone(),
         );
         r.register(
             "call_duration_seconds",
             "Duration of admitted calls",
-            m.call_duration.clone(),
+            call_duration.clone(),
         );
         r.register(
             "stream_status_events",
             "Twilio <Stream statusCallback> events, by event",
-            m.stream_status_events.clone(),
+            stream_status_events.clone(),
         );
         Metrics {
-            registry: Arc::new(registry),
-            ..m
+            registry: Arc::new(r),
+            calls_active,
+            calls_limit,
+            draining,
+            calls_admitted,
+            calls_rejected,
+            calls_ended,
+            webhook_answers,
+            media_frames_in,
+            media_frames_out,
+            media_bytes_in,
+            media_bytes_out,
+            call_duration,
+            stream_status_events,
         }
     }
 

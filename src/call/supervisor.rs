@@ -176,7 +176,6 @@ pub struct CallSupervisor {
 
 impl CallSupervisor {
     pub fn new(limit: usize, metrics: Metrics) -> Self {
-        metrics.calls_limit.set(limit as i64);
         CallSupervisor {
             limit,
             draining: false,
@@ -237,7 +236,6 @@ impl Handler<Admit> for CallSupervisor {
         self.next_slot += 1;
         self.admitted += 1;
         self.metrics.calls_admitted.inc();
-        self.metrics.calls_active.set(self.live.len() as i64 + 1);
         self.live.insert(
             id,
             LiveCall {
@@ -258,7 +256,6 @@ impl Handler<Release> for CallSupervisor {
     fn handle(&mut self, Release(id): Release, _: &mut Self::Context) {
         if let Some(call) = self.live.remove(&id) {
             self.completed += 1;
-            self.metrics.calls_active.set(self.live.len() as i64);
             if let Some(sid) = call.call_sid {
                 if self.by_call_sid.get(&sid) == Some(&id) {
                     self.by_call_sid.remove(&sid);
@@ -294,7 +291,6 @@ impl Handler<StartDrain> for CallSupervisor {
 
     fn handle(&mut self, _: StartDrain, _: &mut Self::Context) -> Self::Result {
         self.draining = true;
-        self.metrics.draining.set(1);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drained.push(tx);
         self.notify_if_drained();
