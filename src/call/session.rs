@@ -14,7 +14,7 @@ use base64::Engine;
 use crate::call::handler::{CallHandler, HandlerError, MediaChunk, Outbox};
 use crate::call::supervisor::{Attach, BindCall, CallSlot, CallSupervisor, CloseCall};
 use crate::metrics::{MediaCounts, Metrics};
-use crate::twilio::messages::{FrameError, StreamEvent};
+use crate::twilio::messages::StreamEvent;
 
 /// Logs about this call, with its CallSid and StreamSid as structured fields.
 macro_rules! call_log {
@@ -188,9 +188,6 @@ impl CallSession {
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         let event = match StreamEvent::parse(text) {
             Ok(event) => event,
-            Err(FrameError::Json(e)) => {
-                return self.protocol_error(ctx, 1007, &format!("invalid message: {e}"))
-            }
             Err(e) => return self.protocol_error(ctx, 1007, &e.to_string()),
         };
         let result = match (&self.phase, event) {

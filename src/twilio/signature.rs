@@ -178,6 +178,17 @@ mod tests {
             .collect()
     }
 
+    /// The parameters of the second and third vectors of ../shared/twilio-media-streams.md.
+    fn second_vector_params() -> Vec<(String, String)> {
+        pairs(&[
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+            ("Caller", "+14158675309"),
+        ])
+    }
+
     // The vectors of ../shared/twilio-media-streams.md (token 12345).
     #[test]
     fn twilio_documented_vectors() {
@@ -192,13 +203,7 @@ mod tests {
             sign("12345", "https://example.com/myapp.php?foo=1&bar=2", &p1),
             "L/OH5YylLD5NRKLltdqwSvS0BnU="
         );
-        let p2 = pairs(&[
-            ("CallSid", "CA1234567890ABCDE"),
-            ("Digits", "1234"),
-            ("From", "+14158675309"),
-            ("To", "+18005551212"),
-            ("Caller", "+14158675309"),
-        ]);
+        let p2 = second_vector_params();
         let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
         assert_eq!(sign("12345", url, &p2), "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
         let with_443 = "https://mycompany.com:443/myapp.php?foo=1&bar=2";
@@ -215,13 +220,7 @@ mod tests {
 
     #[test]
     fn verify_accepts_the_port_variants_twilio_may_sign() {
-        let p2 = pairs(&[
-            ("CallSid", "CA1234567890ABCDE"),
-            ("Digits", "1234"),
-            ("From", "+14158675309"),
-            ("To", "+18005551212"),
-            ("Caller", "+14158675309"),
-        ]);
+        let p2 = second_vector_params();
         let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
         // Signed without the port, validated on a URL that carries one (and the other way).
         assert!(verify(

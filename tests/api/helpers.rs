@@ -102,15 +102,16 @@ impl TestApp {
     }
 
     pub async fn open_stream_at(&self, url: &str) -> TestStream {
-        self.open_stream_with_header(url, ("X-Test", String::new()))
-            .await
+        self.upgrade(self.client.ws(url)).await
     }
 
     pub async fn open_stream_with_header(&self, url: &str, header: (&str, String)) -> TestStream {
-        let (resp, ws) = self
-            .client
-            .ws(url)
-            .header(header.0, header.1)
+        self.upgrade(self.client.ws(url).header(header.0, header.1))
+            .await
+    }
+
+    async fn upgrade(&self, request: awc::ws::WebsocketsRequest) -> TestStream {
+        let (resp, ws) = request
             .max_frame_size(1 << 20)
             .connect()
             .await
