@@ -299,33 +299,30 @@ pub struct Twiml {
 }
 
 pub fn parse_twiml(xml: &str) -> Twiml {
-    let doc = roxmltree::Document::parse(xml).unwrap_or_else(|e| panic!("bad TwiML {xml}: {e}"));
-    let root = doc.root_element();
-    assert_eq!(root.tag_name().name(), "Response");
+    use callvisor::twilio::twiml::{parse, Verb};
+    let verbs = parse(xml).unwrap_or_else(|e| panic!("bad TwiML {xml}: {e}"));
     let mut t = Twiml::default();
-    for verb in root.children().filter(|n| n.is_element()) {
-        t.verbs.push(verb.tag_name().name().to_string());
-        match verb.tag_name().name() {
-            "Connect" => {
-                let stream = verb
-                    .children()
-                    .find(|n| n.has_tag_name("Stream"))
-                    .expect("Connect holds a Stream");
-                t.stream_url = stream.attribute("url").map(String::from);
-                for p in stream.children().filter(|n| n.has_tag_name("Parameter")) {
-                    t.parameters.push((
-                        p.attribute("name").unwrap().to_string(),
-                        p.attribute("value").unwrap().to_string(),
-                    ));
-                }
+    for verb in verbs {
+        match verb {
+            Verb::ConnectStream(stream) => {
+                t.verbs.push("Connect".into());
+                t.stream_url = Some(stream.url);
+                t.parameters = stream.parameters;
             }
-            "Redirect" => {
-                assert_eq!(verb.attribute("method"), Some("POST"));
-                t.redirect = verb.text().map(String::from);
+            Verb::Redirect { url, method } => {
+                t.verbs.push("Redirect".into());
+                assert_eq!(method, "POST");
+                t.redirect = Some(url);
             }
-            "Say" => t.say = verb.text().map(String::from),
-            "Hangup" => t.hangup = true,
-            other => panic!("unexpected verb {other}"),
+            Verb::Say(text) => {
+                t.verbs.push("Say".into());
+                t.say = Some(text);
+            }
+            Verb::Hangup => {
+                t.verbs.push("Hangup".into());
+                t.hangup = true;
+            }
+            other => panic!("unexpected verb {other:?}"),
         }
     }
     t
