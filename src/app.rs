@@ -65,6 +65,9 @@ impl Application {
         })
         // Phone calls are long-lived connections; actix's default cap is per worker.
         .max_connections(100_000)
+        // A 20 ms audio frame must leave at once: Nagle's algorithm would hold a small write
+        // until the previous one is acknowledged, which delayed ACKs stretch to ~40 ms.
+        .tcp_nodelay(true)
         // Signals belong to the drain (src/drain.rs), not to actix's own graceful stop.
         .disable_signals()
         // After a drain only closing sockets remain: give them time to flush their close frames.

@@ -1,0 +1,607 @@
+//! One simulated call, behaving as Twilio does: webhook, TwiML, stream, redirects, hang-up.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix_codec::Framed;
+use awc::error::WsClientError;
+use awc::ws::{CloseCode, CloseReason, Codec, Frame, Message};
+use awc::BoxedSocket;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{sleep, sleep_until, Instant};
+
+use callvisor::twilio::messages::{Mark, Media, ServerFrame};
+use callvisor::twilio::messages::{MediaFormat, Start, Stop, TwilioFrame};
+use callvisor::twilio::signature::sign;
+use callvisor::twilio::twiml::{self, StreamTarget, Verb};
+
+use crate::report::{micros, CallRecord, Outcome, Stats};
+
+/// Twilio follows at most this many `<Redirect>`s in one call.
+pub const MAX_REDIRECTS: u32 = 10;
+/// One media frame: 20 ms of 8 kHz mu-law.
+pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+const FRAME_BYTES: usize = 160;
+/// How long a hung-up call waits for the server's close after `stop`.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const MAX_TWIML_BYTES: usize = 64 * 1024;
+const MAX_WS_FRAME: usize = 64 * 1024;
+
+/// What every call of a run shares.
+pub struct Ctx {
+    pub client: awc::Client,
+    pub webhook_url: String,
+    pub auth_token: Option<String>,
+    pub account_sid: String,
+    pub from: String,
+    pub to: String,
+    pub duration: Duration,
+    pub stats: Rc<RefCell<Stats>>,
+}
+
+/// How one stream leg ended.
+#[derive(Debug, PartialEq)]
+enum LegEnd {
+    /// The caller hung up at the end of its duration (stop sent).
+    HungUp,
+    /// The server closed the stream; Twilio goes on with the verb after `</Connect>`.
+    Closed(String),
+    /// The handshake got an HTTP answer other than 101; Twilio also goes on with the next verb.
+    Refused(String),
+    /// The socket broke without a close frame: Twilio ends the call.
+    Broken(String),
+}
+
+/// A call's progress across webhooks and stream legs.
+struct CallState {
+    record: CallRecord,
+    /// Set when the first stream opens: the caller hangs up `duration` later.
+    hang_up_at: Option<Instant>,
+    /// Set when a hand-off closed a stream, until the next stream echoes audio.
+    handoff_started: Option<Instant>,
+}
+
+/// Runs one call to its end.
+pub async fn run(ctx: &Ctx, call_sid: String) -> CallRecord {
+    let mut call = CallState {
+        record: CallRecord {
+            call_sid,
+            outcome: Outcome::Failed,
+            reason: None,
+            webhooks: 0,
+            redirects: 0,
+            handoffs: 0,
+            streams: 0,
+            frames_sent: 0,
+            frames_echoed: 0,
+            said: None,
+            stream_ends: Vec::new(),
+        },
+        hang_up_at: None,
+        handoff_started: None,
+    };
+    let (outcome, reason) = run_twiml(ctx, &mut call).await;
+    call.record.outcome = outcome;
+    call.record.reason = reason;
+    call.record
+}
+
+async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>) {
+    let mut url = ctx.webhook_url.clone();
+    let mut method = "POST".to_string();
+    let mut ended_by_twiml = false;
+    'fetch: loop {
+        call.record.webhooks += 1;
+        let verbs = match fetch_twiml(ctx, &url, &method, call).await {
+            Ok(verbs) => verbs,
+            Err(reason) => return (Outcome::Failed, Some(reason)),
+        };
+        for verb in verbs {
+            match verb {
+                Verb::ConnectStream(target) => match stream_leg(ctx, call, &target).await {
+                    LegEnd::HungUp => return (Outcome::Connected, None),
+                    LegEnd::Closed(end) | LegEnd::Refused(end) => {
+                        if end == "1001 handoff" {
+                            call.record.handoffs += 1;
+                            call.handoff_started = Some(Instant::now());
+                        }
+                        call.record.stream_ends.push(end);
+                    }
+                    LegEnd::Broken(reason) => {
+                        call.record.stream_ends.push("broken".into());
+                        return (Outcome::Failed, Some(reason));
+                    }
+                },
+                Verb::Redirect {
+                    url: next,
+                    method: next_method,
+                } => {
+                    if call.record.redirects == MAX_REDIRECTS {
+                        return (Outcome::Failed, Some("more than 10 redirects".into()));
+                    }
+                    call.record.redirects += 1;
+                    url = resolve(&url, &next);
+                    method = next_method;
+                    continue 'fetch;
+                }
+                Verb::Say(text) => call.record.said = Some(text),
+                Verb::Pause(secs) => sleep(Duration::from_secs(secs.into())).await,
+                Verb::Hangup => {
+                    ended_by_twiml = true;
+                    break;
+                }
+                Verb::Reject { reason } => {
+                    call.record.said.get_or_insert(format!("<Reject> {reason}"));
+                    ended_by_twiml = true;
+                    break;
+                }
+                Verb::Other(_) => {}
+            }
+        }
+        break;
+    }
+    // The TwiML ran out (or hung up) before the call's duration: the caller was turned away.
+    if ended_by_twiml || call.record.said.is_some() {
+        (Outcome::Busy, None)
+    } else {
+        (
+            Outcome::Failed,
+            Some("TwiML ended without a stream or a message".into()),
+        )
+    }
+}
+
+/// The form parameters Twilio sends with every voice webhook request.
+fn webhook_params(ctx: &Ctx, call: &CallState) -> Vec<(String, String)> {
+    let status = if call.record.webhooks == 1 {
+        "ringing"
+    } else {
+        "in-progress"
+    };
+    [
+        ("CallSid", call.record.call_sid.as_str()),
+        ("AccountSid", &ctx.account_sid),
+        ("From", &ctx.from),
+        ("Caller", &ctx.from),
+        ("To", &ctx.to),
+        ("Called", &ctx.to),
+        ("CallStatus", status),
+        ("Direction", "inbound"),
+        ("ApiVersion", "2010-04-01"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+async fn fetch_twiml(
+    ctx: &Ctx,
+    url: &str,
+    method: &str,
+    call: &CallState,
+) -> Result<Vec<Verb>, String> {
+    let params = webhook_params(ctx, call);
+    let started = Instant::now();
+    let response = if method == "GET" {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let query = serde_urlencoded::to_string(&params).expect("strings encode");
+        let full = format!("{url}{sep}{query}");
+        let mut req = ctx.client.get(&full);
+        if let Some(token) = &ctx.auth_token {
+            req = req.insert_header(("X-Twilio-Signature", sign(token, &full, &[])));
+        }
+        req.send().await
+    } else {
+        let mut req = ctx.client.post(url);
+        if let Some(token) = &ctx.auth_token {
+            req = req.insert_header(("X-Twilio-Signature", sign(token, url, &params)));
+        }
+        req.send_form(&params).await
+    };
+    let mut response = response.map_err(|e| format!("webhook request failed: {}", kind_of(&e)))?;
+    let body = response
+        .body()
+        .limit(MAX_TWIML_BYTES)
+        .await
+        .map_err(|_| "webhook body unreadable".to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("webhook HTTP {}", response.status().as_u16()));
+    }
+    ctx.stats
+        .borrow_mut()
+        .webhook_us
+        .saturating_record(micros(started.elapsed()));
+    let text = std::str::from_utf8(&body).map_err(|_| "TwiML not UTF-8".to_string())?;
+    twiml::parse(text).map_err(|e| format!("bad TwiML: {e}"))
+}
+
+/// A few words for a client error, so that failures group by kind, not by detail.
+fn kind_of(e: &awc::error::SendRequestError) -> &'static str {
+    use awc::error::SendRequestError as E;
+    match e {
+        E::Connect(_) => "connect error",
+        E::Timeout => "timeout",
+        E::Send(_) | E::Response(_) => "connection error",
+        _ => "error",
+    }
+}
+
+/// Resolves a `<Redirect>` URL against the URL whose TwiML held it.
+pub fn resolve(base: &str, next: &str) -> String {
+    if next.contains("://") {
+        return next.to_string();
+    }
+    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+    if let Some(path) = next.strip_prefix('/') {
+        return format!("{scheme}://{host}/{path}");
+    }
+    let path = &rest[host.len()..];
+    let path = path.split('?').next().unwrap_or("");
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    format!("{scheme}://{host}{dir}{next}")
+}
+
+type Ws = Framed<BoxedSocket, Codec>;
+
+/// Opens the `<Stream>` and plays the caller's side until the stream or the call ends.
+async fn stream_leg(ctx: &Ctx, call: &mut CallState, target: &StreamTarget) -> LegEnd {
+    let mut req = ctx.client.ws(&target.url).max_frame_size(MAX_WS_FRAME);
+    if let Some(token) = &ctx.auth_token {
+        req = req.set_header("X-Twilio-Signature", sign(token, &target.url, &[]));
+    }
+    let mut ws = match req.connect().await {
+        Ok((_, ws)) => ws,
+        Err(WsClientError::InvalidResponseStatus(status)) => {
+            return LegEnd::Refused(format!("HTTP {}", status.as_u16()))
+        }
+        Err(WsClientError::SendRequest(e)) => {
+            return LegEnd::Broken(format!("stream handshake failed: {}", kind_of(&e)))
+        }
+        Err(_) => return LegEnd::Broken("stream handshake failed".into()),
+    };
+    call.record.streams += 1;
+    ctx.stats.borrow_mut().streaming += 1;
+    let end = Leg::new(ctx, call, target).play(&mut ws).await;
+    ctx.stats.borrow_mut().streaming -= 1;
+    end
+}
+
+/// The caller's side of one stream: send audio in real time, check echoes, answer marks.
+struct Leg<'a> {
+    ctx: &'a Ctx,
+    call: &'a mut CallState,
+    target: &'a StreamTarget,
+    stream_sid: String,
+    sequence: u64,
+    /// Frames written and not yet echoed, oldest first: (frame number, when written).
+    in_flight: VecDeque<(u32, Instant)>,
+    playback: Playback,
+    audio: [u8; FRAME_BYTES],
+    payload: String,
+}
+
+impl<'a> Leg<'a> {
+    fn new(ctx: &'a Ctx, call: &'a mut CallState, target: &'a StreamTarget) -> Self {
+        let stream_sid = format!(
+            "MZ{}{:02x}",
+            &call.record.call_sid[2..call.record.call_sid.len().min(32)],
+            call.record.streams
+        );
+        Leg {
+            ctx,
+            call,
+            target,
+            stream_sid,
+            sequence: 0,
+            in_flight: VecDeque::new(),
+            playback: Playback::default(),
+            audio: [0xff; FRAME_BYTES], // mu-law silence
+            payload: String::with_capacity(FRAME_BYTES * 4 / 3 + 4),
+        }
+    }
+
+    fn next_sequence(&mut self) -> String {
+        self.sequence += 1;
+        self.sequence.to_string()
+    }
+
+    async fn play(mut self, ws: &mut Ws) -> LegEnd {
+        if let Err(end) = self.open(ws).await {
+            return end;
+        }
+        let hang_up_at = *self
+            .call
+            .hang_up_at
+            .get_or_insert_with(|| Instant::now() + self.ctx.duration);
+        let mut ticks = tokio::time::interval(FRAME_INTERVAL);
+        let mut chunk: u32 = 0;
+        let mut stop_sent: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                frame = ws.next() => {
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(_)) => return LegEnd::Broken("stream protocol error".into()),
+                        None if stop_sent.is_some() => return LegEnd::HungUp,
+                        None => return LegEnd::Broken("stream dropped without a close frame".into()),
+                    };
+                    match frame {
+                        Frame::Text(text) => self.on_server_frame(&text),
+                        Frame::Ping(data) if ws.send(Message::Pong(data.clone())).await.is_err() => {
+                            return LegEnd::Broken("stream write failed".into());
+                        }
+                        Frame::Close(reason) => {
+                            let _ = ws.send(Message::Close(reason.clone())).await;
+                            if stop_sent.is_some() {
+                                return LegEnd::HungUp;
+                            }
+                            return LegEnd::Closed(describe_close(reason.as_ref()));
+                        }
+                        _ => {}
+                    }
+                }
+                scheduled = ticks.tick(), if stop_sent.is_none() => {
+                    let now = Instant::now();
+                    if now >= hang_up_at {
+                        // The caller hangs up: Twilio sends `stop` and the server closes.
+                        let stop = TwilioFrame::Stop {
+                            sequence_number: self.next_sequence(),
+                            stream_sid: &self.stream_sid,
+                            stop: Stop {
+                                account_sid: self.ctx.account_sid.clone(),
+                                call_sid: self.call.record.call_sid.clone(),
+                            },
+                        };
+                        if ws.send(Message::Text(stop.to_json().into())).await.is_err() {
+                            return LegEnd::Broken("stream write failed".into());
+                        }
+                        stop_sent = Some(now);
+                        continue;
+                    }
+                    self.ctx.stats.borrow_mut().lag_us.saturating_record(micros(now - scheduled));
+                    if let Err(end) = self.send_played_marks(ws, now).await {
+                        return end;
+                    }
+                    chunk += 1;
+                    if let Err(end) = self.send_media(ws, chunk).await {
+                        return end;
+                    }
+                }
+                _ = sleep_until(stop_sent.unwrap_or_else(Instant::now) + STOP_GRACE), if stop_sent.is_some() => {
+                    // The server never closed after `stop`; hang up anyway.
+                    let _ = ws.send(Message::Close(Some(CloseCode::Normal.into()))).await;
+                    return LegEnd::HungUp;
+                }
+            }
+        }
+    }
+
+    /// `connected` then `start`, with the `<Parameter>`s as custom parameters.
+    async fn open(&mut self, ws: &mut Ws) -> Result<(), LegEnd> {
+        let connected = TwilioFrame::Connected {
+            protocol: "Call",
+            version: "1.0.0",
+        };
+        let start = Start {
+            account_sid: self.ctx.account_sid.clone(),
+            stream_sid: self.stream_sid.clone(),
+            call_sid: self.call.record.call_sid.clone(),
+            tracks: vec!["inbound".into()],
+            custom_parameters: self
+                .target
+                .parameters
+                .iter()
+                .cloned()
+                .collect::<BTreeMap<_, _>>(),
+            media_format: MediaFormat::default(),
+        };
+        let start = TwilioFrame::Start {
+            sequence_number: self.next_sequence(),
+            stream_sid: &self.stream_sid,
+            start: &start,
+        };
+        for frame in [connected.to_json(), start.to_json()] {
+            ws.send(Message::Text(frame.into()))
+                .await
+                .map_err(|_| LegEnd::Broken("stream write failed".into()))?;
+        }
+        Ok(())
+    }
+
+    /// One 20 ms frame. Its first four bytes carry the frame number, so the echo can be timed.
+    async fn send_media(&mut self, ws: &mut Ws, chunk: u32) -> Result<(), LegEnd> {
+        self.audio[..4].copy_from_slice(&chunk.to_le_bytes());
+        self.payload.clear();
+        STANDARD.encode_string(self.audio, &mut self.payload);
+        let timestamp = ((chunk - 1) * 20).to_string();
+        let chunk_text = chunk.to_string();
+        let frame = TwilioFrame::Media {
+            sequence_number: self.next_sequence(),
+            stream_sid: &self.stream_sid,
+            media: Media {
+                track: Some("inbound".into()),
+                chunk: Some(chunk_text.as_str().into()),
+                timestamp: Some(timestamp.as_str().into()),
+                payload: self.payload.as_str().into(),
+            },
+        };
+        let json = frame.to_json();
+        ws.send(Message::Text(json.into()))
+            .await
+            .map_err(|_| LegEnd::Broken("stream write failed".into()))?;
+        self.in_flight.push_back((chunk, Instant::now()));
+        self.call.record.frames_sent += 1;
+        self.ctx.stats.borrow_mut().frames_sent += 1;
+        Ok(())
+    }
+
+    /// Twilio answers a `mark` once the audio sent before it has played.
+    async fn send_played_marks(&mut self, ws: &mut Ws, now: Instant) -> Result<(), LegEnd> {
+        while let Some(name) = self.playback.next_played(now) {
+            let mark = TwilioFrame::Mark {
+                sequence_number: self.next_sequence(),
+                stream_sid: &self.stream_sid,
+                mark: Mark { name },
+            };
+            ws.send(Message::Text(mark.to_json().into()))
+                .await
+                .map_err(|_| LegEnd::Broken("stream write failed".into()))?;
+        }
+        Ok(())
+    }
+
+    fn on_server_frame(&mut self, text: &[u8]) {
+        let now = Instant::now();
+        let Ok(frame) = std::str::from_utf8(text).map(ServerFrame::parse) else {
+            return;
+        };
+        match frame {
+            Ok(ServerFrame::Media { media, .. }) => {
+                self.call.record.frames_echoed += 1;
+                let mut stats = self.ctx.stats.borrow_mut();
+                stats.frames_echoed += 1;
+                if let Some(chunk) = frame_number(&media.payload) {
+                    // Echoes come back in order: anything older than this one was lost.
+                    while self.in_flight.front().is_some_and(|(c, _)| *c < chunk) {
+                        self.in_flight.pop_front();
+                    }
+                    if let Some((_, sent)) = self.in_flight.front().filter(|(c, _)| *c == chunk) {
+                        stats.rtt_us.saturating_record(micros(now - *sent));
+                        self.in_flight.pop_front();
+                    }
+                }
+                if let Some(started) = self.call.handoff_started.take() {
+                    stats
+                        .handoff_gap_us
+                        .saturating_record(micros(now - started));
+                }
+                let audio = Duration::from_micros(media.payload.len() as u64 * 3 / 4 * 125);
+                self.playback.queue_audio(now, audio);
+            }
+            Ok(ServerFrame::Mark { mark, .. }) => self.playback.mark(now, mark.name),
+            Ok(ServerFrame::Clear { .. }) => self.playback.clear(now),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The frame number callsim wrote into the first four audio bytes, read back from an echo.
+fn frame_number(payload_base64: &str) -> Option<u32> {
+    // 8 base64 characters decode to the first 6 bytes without decoding the rest.
+    let head = STANDARD.decode(payload_base64.get(..8)?).ok()?;
+    Some(u32::from_le_bytes(head[..4].try_into().ok()?))
+}
+
+fn describe_close(reason: Option<&CloseReason>) -> String {
+    match reason {
+        Some(r) => {
+            let code: u16 = r.code.into();
+            match &r.description {
+                Some(d) if !d.is_empty() => format!("{code} {d}"),
+                _ => code.to_string(),
+            }
+        }
+        None => "closed without a code".into(),
+    }
+}
+
+/// The caller's loudspeaker: audio from the server plays in order, in real time; a mark is
+/// "played" once the audio queued before it has.
+#[derive(Debug, Default)]
+pub struct Playback {
+    playing_until: Option<Instant>,
+    marks: VecDeque<(Instant, String)>,
+}
+
+impl Playback {
+    pub fn queue_audio(&mut self, now: Instant, audio: Duration) {
+        let from = self.playing_until.filter(|t| *t > now).unwrap_or(now);
+        self.playing_until = Some(from + audio);
+    }
+
+    pub fn mark(&mut self, now: Instant, name: String) {
+        let at = self.playing_until.filter(|t| *t > now).unwrap_or(now);
+        self.marks.push_back((at, name));
+    }
+
+    /// `clear` drops the queued audio; its marks come back at once, as Twilio does.
+    pub fn clear(&mut self, now: Instant) {
+        self.playing_until = None;
+        for (at, _) in &mut self.marks {
+            *at = now;
+        }
+    }
+
+    pub fn next_played(&mut self, now: Instant) -> Option<String> {
+        if self.marks.front()?.0 <= now {
+            self.marks.pop_front().map(|(_, name)| name)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_resolve_like_a_browser() {
+        let base = "http://h:8080/voice/incoming-call?attempt=1";
+        assert_eq!(resolve(base, "https://o/x?a=2"), "https://o/x?a=2");
+        assert_eq!(
+            resolve(base, "/incoming-call?attempt=2"),
+            "http://h:8080/incoming-call?attempt=2"
+        );
+        assert_eq!(resolve(base, "next?a=1"), "http://h:8080/voice/next?a=1");
+        assert_eq!(resolve("http://h", "next"), "http://h/next");
+    }
+
+    #[test]
+    fn an_echo_tells_which_frame_it_was() {
+        let mut audio = [0xffu8; FRAME_BYTES];
+        audio[..4].copy_from_slice(&123_456u32.to_le_bytes());
+        assert_eq!(frame_number(&STANDARD.encode(audio)), Some(123_456));
+        assert_eq!(frame_number("abc"), None);
+    }
+
+    #[test]
+    fn marks_come_back_once_the_audio_before_them_has_played() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Playback::default();
+        p.mark(t0, "before-audio".into());
+        p.queue_audio(t0, ms(20));
+        p.queue_audio(t0, ms(20));
+        p.mark(t0, "after-40ms".into());
+        assert_eq!(p.next_played(t0).as_deref(), Some("before-audio"));
+        assert_eq!(p.next_played(t0 + ms(39)), None);
+        assert_eq!(p.next_played(t0 + ms(40)).as_deref(), Some("after-40ms"));
+        // Audio arriving after a silence starts playing when it arrives.
+        p.queue_audio(t0 + ms(100), ms(20));
+        p.mark(t0 + ms(100), "late".into());
+        assert_eq!(p.next_played(t0 + ms(119)), None);
+        assert_eq!(p.next_played(t0 + ms(120)).as_deref(), Some("late"));
+    }
+
+    #[test]
+    fn clear_returns_pending_marks_at_once() {
+        let t0 = Instant::now();
+        let mut p = Playback::default();
+        p.queue_audio(t0, Duration::from_secs(5));
+        p.mark(t0, "m1".into());
+        assert_eq!(p.next_played(t0), None);
+        p.clear(t0 + Duration::from_millis(1));
+        assert_eq!(
+            p.next_played(t0 + Duration::from_millis(1)).as_deref(),
+            Some("m1")
+        );
+    }
+}

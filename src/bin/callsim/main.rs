@@ -1,0 +1,225 @@
+//! callsim: a Twilio caller simulator. It calls a callvisor (or any Media Streams server) the way
+//! Twilio does, many calls at once in real time, and reports what the callers experienced.
+//!
+//! ```text
+//! callsim --target http://127.0.0.1:8080 --calls 200 --duration 30s --ramp 5s
+//! ```
+//!
+//! Each call: POST the voice webhook (signed when a token is given), run the TwiML (follow
+//! `<Redirect>`, honour `<Say>`/`<Hangup>`/`<Reject>`), open the `<Stream>`, send `connected`,
+//! `start` and 20 ms mu-law frames at real time, answer `mark`s once their audio has played,
+//! and hang up with `stop`. When the server closes the stream, the TwiML after `</Connect>` runs.
+//! Single-threaded on purpose: one core, no locks; pin it with `taskset` for benchmarks.
+
+mod caller;
+mod net;
+mod report;
+
+use std::cell::RefCell;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::time::Instant;
+
+use caller::Ctx;
+use report::{Percentiles, Stats, Summary};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "callsim",
+    version,
+    about = "Calls a Twilio Media Streams server the way Twilio does, and measures what callers get."
+)]
+struct Args {
+    /// Base URL of the server (http://host:port or https://host); streams follow its TwiML.
+    #[arg(long, value_parser = parse_target)]
+    target: String,
+    /// Number of calls to place.
+    #[arg(long, default_value_t = 10)]
+    calls: usize,
+    /// How long each call streams audio before the caller hangs up (e.g. 30s, 2m, 500ms).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Calls start evenly spread over this time (0s: all at once).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    ramp: Duration,
+    /// Sign requests with X-Twilio-Signature, as Twilio does, using this auth token.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// Path of the voice webhook on the target.
+    #[arg(long, default_value = "/incoming-call")]
+    webhook_path: String,
+    /// Timeout for each HTTP request and stream handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// The caller's number.
+    #[arg(long, default_value = "+14155550100")]
+    from: String,
+    /// The number called.
+    #[arg(long, default_value = "+14155550199")]
+    to: String,
+    /// Print the summary as JSON on stdout (the progress bar stays on stderr, when it is a TTY).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_target(s: &str) -> Result<String, String> {
+    let s = s.trim_end_matches('/');
+    if !(s.starts_with("http://") || s.starts_with("https://")) {
+        return Err(format!(
+            "`{s}` is not an http:// or https:// URL (streams follow the TwiML, ws/wss)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// `30s`, `2m`, `500ms`, or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration like 30s, 2m or 500ms");
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(bad());
+    }
+    Duration::try_from_secs_f64(value * scale).map_err(|_| bad())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    actix_web::rt::System::new().block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let client = net::client(args.timeout);
+    let stats = Rc::new(RefCell::new(Stats::default()));
+    let ctx = Rc::new(Ctx {
+        client,
+        webhook_url: format!("{}{}", args.target, args.webhook_path),
+        auth_token: args.auth_token.clone(),
+        account_sid: format!("AC{:032x}", 0x0ca1_1517_u128),
+        from: args.from.clone(),
+        to: args.to.clone(),
+        duration: args.duration,
+        stats: stats.clone(),
+    });
+
+    let run_id = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id());
+    let started = Instant::now();
+    let mut calls = Vec::with_capacity(args.calls);
+    for i in 0..args.calls {
+        let ctx = ctx.clone();
+        let start_at = started + args.ramp.mul_f64(i as f64 / args.calls.max(1) as f64);
+        let call_sid = format!("CA{run_id:016x}{i:016x}");
+        calls.push(actix_web::rt::spawn(async move {
+            tokio::time::sleep_until(start_at).await;
+            ctx.stats.borrow_mut().live_calls += 1;
+            let record = caller::run(&ctx, call_sid).await;
+            let mut stats = ctx.stats.borrow_mut();
+            stats.live_calls -= 1;
+            stats.records.push(record);
+        }));
+    }
+
+    let progress = progress_bar(args.calls as u64);
+    let ticker = {
+        let stats = stats.clone();
+        let progress = progress.clone();
+        actix_web::rt::spawn(async move {
+            loop {
+                update_progress(&progress, &stats.borrow());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    for call in calls {
+        let _ = call.await;
+    }
+    ticker.abort();
+    progress.finish_and_clear();
+
+    let summary = Summary::new(
+        &stats.borrow(),
+        &args.target,
+        args.calls,
+        args.duration,
+        args.ramp,
+        started.elapsed(),
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).expect("summary serializes")
+        );
+    } else {
+        print!("{}", summary.table());
+    }
+    if summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn progress_bar(calls: u64) -> ProgressBar {
+    let bar = ProgressBar::new(calls);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} calls ended  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn update_progress(bar: &ProgressBar, stats: &Stats) {
+    let p99 = |h| Percentiles::of(h).map_or("-".to_string(), |p| format!("{:.1}ms", p.p99));
+    bar.set_position(stats.records.len() as u64);
+    bar.set_message(format!(
+        "live {} streaming {} | frames {} sent {} echoed | echo p99 {} | send lag p99 {}",
+        stats.live_calls,
+        stats.streaming,
+        stats.frames_sent,
+        stats.frames_echoed,
+        p99(&stats.rtt_us),
+        p99(&stats.lag_us),
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn targets_must_be_http_urls() {
+        assert_eq!(
+            parse_target("https://x.up.railway.app/"),
+            Ok("https://x.up.railway.app".into())
+        );
+        assert!(parse_target("ws://127.0.0.1:8080").is_err());
+        assert!(parse_target("127.0.0.1:8080").is_err());
+    }
+}
