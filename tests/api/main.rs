@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod call_flow;
+mod callsim;
 mod capacity;
 mod config_errors;
 mod disconnects;

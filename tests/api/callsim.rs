@@ -1,0 +1,162 @@
+//! callsim, the Twilio caller simulator, against the real server: what it reports must be what
+//! the server saw.
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Runs the callsim binary to its end; returns its `--json` summary and exit code.
+async fn callsim(target: &str, args: &[&str]) -> (Value, i32) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_callsim"));
+    cmd.args(["--target", target, "--json"])
+        .args(args)
+        .env_remove("TWILIO_AUTH_TOKEN");
+    // The server runs on this test's thread: wait for the child off it.
+    let out = actix_web::rt::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("callsim runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "callsim printed no JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (summary, out.status.code().unwrap_or(-1))
+}
+
+#[actix_web::test]
+async fn twenty_calls_connect_and_every_frame_comes_back() {
+    let app = spawn_app_with(|c| c.limit_concurrency = 20).await;
+    let (s, code) = callsim(
+        &app.base,
+        &["--calls", "20", "--duration", "2s", "--ramp", "500ms"],
+    )
+    .await;
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["connected"], 20, "{s:#}");
+    assert_eq!(
+        (s["busy"].as_u64(), s["failed"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(s["redirected"], 0);
+    // 2 s of 20 ms frames per call, every one echoed.
+    let sent = s["frames"]["sent"].as_u64().unwrap();
+    assert!(
+        sent >= 20 * 95,
+        "too few frames for 20 calls of 2 s: {sent}"
+    );
+    assert_eq!(s["frames"]["echoed"], sent, "{:#}", s["frames"]);
+    assert_eq!(s["frames"]["lost"], 0);
+    assert_eq!(s["echo_rtt_ms"]["count"], sent, "every echo timed");
+    for call in s["call_records"].as_array().unwrap() {
+        assert_eq!(call["stream_ends"], serde_json::json!([]), "{call}");
+        assert_eq!(call["webhooks"], 1);
+    }
+
+    // The server saw the same 20 calls, and all of them ended.
+    let health = app.wait_for_active(0).await;
+    assert_eq!(health["calls_admitted"], 20);
+    assert_eq!(health["calls_completed"], 20);
+    assert_eq!(health["calls_rejected"], 0);
+}
+
+#[actix_web::test]
+async fn calls_beyond_the_limit_are_redirected_then_hear_busy() {
+    let app = spawn_app_with(|c| {
+        c.limit_concurrency = 5;
+        c.max_redirects = 2;
+        c.busy_message = "Sorry, all lines are busy.".into();
+    })
+    .await;
+    // All 8 at once: the 3 that do not fit bounce MAX_REDIRECTS times (milliseconds each)
+    // while the first 5 hold their slots for 3 s.
+    let (s, code) = callsim(
+        &app.base,
+        &["--calls", "8", "--duration", "3s", "--ramp", "0s"],
+    )
+    .await;
+    assert_eq!(code, 0, "busy is an answer, not a failure: {s:#}");
+    assert_eq!(s["connected"], 5, "{s:#}");
+    assert_eq!(s["busy"], 3, "{s:#}");
+    assert_eq!(s["failed"], 0, "{s:#}");
+    assert_eq!(s["redirected"], 3, "{s:#}");
+    // Each busy call made MAX_REDIRECTS + 1 = 3 webhook tries, then heard the message.
+    assert_eq!(s["busy_after_tries"], serde_json::json!({"3": 3}), "{s:#}");
+    for call in s["call_records"].as_array().unwrap() {
+        if call["outcome"] == "busy" {
+            assert_eq!(call["said"], "Sorry, all lines are busy.", "{call}");
+            assert_eq!(call["redirects"], 2, "{call}");
+        }
+    }
+
+    // callsim's counts are the server's: 5 admitted and completed; every stream the server
+    // refused at the upgrade (webhooks raced the slots) is a 1013 callsim saw.
+    let health = app.wait_for_active(0).await;
+    assert_eq!(health["calls_admitted"], s["connected"]);
+    assert_eq!(health["calls_completed"], s["connected"]);
+    let refused = s["stream_ends"]["1013 at capacity"].as_u64().unwrap_or(0);
+    assert_eq!(health["calls_rejected"], refused, "{s:#}");
+}
+
+#[actix_web::test]
+async fn signed_calls_pass_and_a_wrong_token_fails_with_the_reason() {
+    let app = spawn_app_with(|c| c.twilio_auth_token = Some("sekret".into())).await;
+    let (s, code) = callsim(
+        &app.base,
+        &[
+            "--calls",
+            "3",
+            "--duration",
+            "500ms",
+            "--ramp",
+            "0s",
+            "--auth-token",
+            "sekret",
+        ],
+    )
+    .await;
+    assert_eq!((code, &s["connected"]), (0, &Value::from(3)), "{s:#}");
+
+    let (s, code) = callsim(
+        &app.base,
+        &[
+            "--calls",
+            "2",
+            "--duration",
+            "500ms",
+            "--auth-token",
+            "wrong",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "a failed call makes callsim exit 1: {s:#}");
+    assert_eq!(
+        s["failed_by_reason"],
+        serde_json::json!({"webhook HTTP 403": 2}),
+        "{s:#}"
+    );
+    assert_eq!(app.health().await["calls_admitted"], 3);
+}
+
+#[actix_web::test]
+async fn an_unreachable_target_is_a_failure_not_a_hang() {
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (s, code) = callsim(
+        &format!("http://127.0.0.1:{port}"),
+        &["--calls", "2", "--duration", "1s", "--ramp", "0s"],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        s["failed_by_reason"],
+        serde_json::json!({"webhook request failed: connect error": 2}),
+        "{s:#}"
+    );
+}
