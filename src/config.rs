@@ -18,7 +18,9 @@ pub const DEFAULT_LIMIT_CONCURRENCY: usize = 100;
 pub const ENV_PUBLIC_URL: &str = "PUBLIC_URL";
 pub const ENV_RAILWAY_PUBLIC_DOMAIN: &str = "RAILWAY_PUBLIC_DOMAIN";
 pub const ENV_MAX_REDIRECTS: &str = "MAX_REDIRECTS";
-pub const DEFAULT_MAX_REDIRECTS: u32 = 3;
+/// 9 tries: a call that fits somewhere is refused with probability f^9 when a fraction f of the
+/// replicas is full (README, "Scaling out"); Twilio allows 10.
+pub const DEFAULT_MAX_REDIRECTS: u32 = 8;
 /// Twilio follows at most 10 `<Redirect>`s per call (error 11215).
 pub const TWILIO_MAX_REDIRECTS: u32 = 10;
 pub const ENV_START_TIMEOUT_SECS: &str = "START_TIMEOUT_SECS";
@@ -278,7 +280,7 @@ mod tests {
         assert_eq!(c.port, 8080);
         assert_eq!(c.host.to_string(), "0.0.0.0");
         assert_eq!(c.limit_concurrency, 100);
-        assert_eq!(c.max_redirects, 3);
+        assert_eq!(c.max_redirects, 8);
         assert_eq!(c.start_timeout, Duration::from_secs(10));
         assert_eq!(c.idle_timeout, Duration::from_secs(30));
         assert_eq!(c.public_url, None);

@@ -31,7 +31,7 @@ pub struct Metrics {
     /// `reason`: stop, client_closed, client_gone, start_timeout, idle_timeout, protocol_error,
     /// handler_failed, superseded, handoff, auth.
     pub calls_ended: Family<Label, Counter>,
-    /// `outcome`: connect, redirect, busy, forbidden.
+    /// `outcome`: connect (first try), retry (a bounced or handed-off call), busy, forbidden.
     pub webhook_answers: Family<Label, Counter>,
     pub media_frames_in: Counter,
     pub media_frames_out: Counter,

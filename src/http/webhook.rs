@@ -1,8 +1,10 @@
 //! `POST|GET /incoming-call`: the Twilio voice webhook.
 //!
-//! Admitting: `<Connect><Stream>` then a `<Redirect>` that Twilio runs if the stream closes
-//! (refused, drained). Full or draining: only the `<Redirect>`, so the load balancer takes the
-//! retry to another replica. Out of redirects: the busy message.
+//! Every try answers `<Connect><Stream>` followed by what Twilio runs when the stream closes
+//! without the call ending: a `<Redirect>` to the next try while redirects are left, else the
+//! busy message. Admission happens where the call's stream lands, not here: behind Railway's
+//! random load balancer the stream usually reaches another replica than this webhook, so this
+//! replica's load says nothing about whether the call fits (see the README, "Scaling out").
 
 use actix_web::{http::Method, web, HttpRequest, HttpResponse};
 
@@ -17,24 +19,18 @@ pub const PATH: &str = "/incoming-call";
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer {
     Connect,
-    Redirect,
     Busy,
 }
 
 /// Decides the answer for try number `attempt` (1 = first) of a call.
 ///
-/// A call may be redirected `max_redirects` times, so it gets `max_redirects + 1` tries; the busy
-/// message comes from the last try that cannot place it, without spending another redirect.
-pub fn decide(attempt: u32, max_redirects: u32, admitting: bool) -> Answer {
-    let last_try = attempt > max_redirects;
+/// A call may be redirected `max_redirects` times, so it gets `max_redirects + 1` tries; a try
+/// past those (a forged or stale URL) hears the busy message at once.
+pub fn decide(attempt: u32, max_redirects: u32) -> Answer {
     if attempt > max_redirects + 1 {
         Answer::Busy
-    } else if admitting {
-        Answer::Connect
-    } else if last_try {
-        Answer::Busy
     } else {
-        Answer::Redirect
+        Answer::Connect
     }
 }
 
@@ -76,13 +72,13 @@ pub async fn incoming_call(
     };
     let call_sid = param("CallSid").unwrap_or("");
 
-    let snap = state.snapshot().await?;
     let config = &state.config;
-    let answer = decide(attempt, config.max_redirects, snap.admitting());
+    let answer = decide(attempt, config.max_redirects);
     let base = public_base_url(config, &req);
     let busy = |twiml: TwimlResponse| twiml.say(&config.busy_message).hangup();
-    // What follows a try that cannot place the call: the next try (through the load balancer,
-    // usually on another replica) while bounces are left, else the busy message.
+    // What follows a stream that closes with the caller still there (refused, handed off): the
+    // next try (through the load balancer, usually to another replica) while redirects are
+    // left, else the busy message.
     let fallback = |twiml: TwimlResponse| {
         if attempt <= config.max_redirects {
             twiml.redirect(&format!("{base}{PATH}?attempt={}", attempt + 1))
@@ -116,19 +112,19 @@ pub async fn incoming_call(
             // Runs only if the stream closes while the caller is still there.
             fallback(twiml)
         }
-        Answer::Redirect => fallback(TwimlResponse::new()),
         Answer::Busy => busy(TwimlResponse::new()),
     };
     state.metrics.webhook(match answer {
+        // A retry is a call bounced by a full or draining replica, or handed off: its rate is
+        // the pressure signal for scaling out.
+        Answer::Connect if attempt > 1 => "retry",
         Answer::Connect => "connect",
-        Answer::Redirect => "redirect",
         Answer::Busy => "busy",
     });
     log::info!(
         call_sid = call_sid;
-        "webhook attempt={attempt} answer={answer:?} active={}/{}",
-        snap.active_calls,
-        snap.limit
+        "webhook attempt={attempt}/{} answer={answer:?}",
+        config.max_redirects + 1
     );
     Ok(HttpResponse::Ok()
         .content_type("text/xml; charset=utf-8")
@@ -150,22 +146,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_try_connects_when_admitting() {
+    fn every_try_connects_until_the_tries_run_out() {
         for attempt in 1..=4 {
-            assert_eq!(decide(attempt, 3, true), Answer::Connect);
+            assert_eq!(decide(attempt, 3), Answer::Connect);
         }
-    }
-
-    #[test]
-    fn a_full_replica_bounces_until_the_last_try_then_says_busy() {
-        assert_eq!(decide(1, 3, false), Answer::Redirect);
-        assert_eq!(decide(3, 3, false), Answer::Redirect);
-        assert_eq!(decide(4, 3, false), Answer::Busy);
-        assert_eq!(decide(1, 0, false), Answer::Busy);
-    }
-
-    #[test]
-    fn an_attempt_past_every_try_is_busy_even_when_admitting() {
-        assert_eq!(decide(5, 3, true), Answer::Busy);
+        assert_eq!(decide(5, 3), Answer::Busy);
+        assert_eq!(decide(1, 0), Answer::Connect);
+        assert_eq!(decide(2, 0), Answer::Busy);
+        assert_eq!(decide(u32::MAX, 10), Answer::Busy);
     }
 }

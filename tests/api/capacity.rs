@@ -22,10 +22,13 @@ async fn a_full_replica_bounces_streams_and_webhooks_but_keeps_answering_http() 
 
     let params = call_params("CAcap3");
     let form: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The webhook still connects: behind a random load balancer the stream may land on a
+    // replica with room. Here it lands on this one, is refused (above), and Twilio runs the
+    // Redirect that follows the Connect.
     let (status, xml) = app.webhook(&form, "").await;
     assert_eq!(status, 200);
     let twiml = parse_twiml(&xml);
-    assert_eq!(twiml.verbs, ["Redirect"], "redirect-only TwiML: {xml}");
+    assert_eq!(twiml.verbs, ["Connect", "Redirect"], "{xml}");
     assert_eq!(
         twiml.redirect.unwrap(),
         format!("{}/incoming-call?attempt=2", app.base)
@@ -52,9 +55,15 @@ async fn the_last_try_on_a_full_replica_hears_the_busy_message() {
     let params = call_params("CAbusy2");
     let form: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (_, xml) = app.webhook(&form, "?attempt=2").await;
-    assert_eq!(parse_twiml(&xml).verbs, ["Redirect"]);
+    assert_eq!(parse_twiml(&xml).verbs, ["Connect", "Redirect"]);
+    // The last try: if its stream is refused too, the caller hears the message.
     let (_, xml) = app.webhook(&form, "?attempt=3").await;
     let twiml = parse_twiml(&xml);
-    assert_eq!(twiml.verbs, ["Say", "Hangup"]);
+    assert_eq!(twiml.verbs, ["Connect", "Say", "Hangup"]);
     assert_eq!(twiml.say.as_deref(), Some("All lines busy & sorry"));
+    let mut refused = app.open_stream().await;
+    assert_eq!(refused.expect_close().await, (1013, "at capacity".into()));
+    // A try past the last one (a stale or forged URL) hears it at once.
+    let (_, xml) = app.webhook(&form, "?attempt=4").await;
+    assert_eq!(parse_twiml(&xml).verbs, ["Say", "Hangup"]);
 }

@@ -31,10 +31,11 @@ async fn a_live_call_goes_on_through_a_drain_and_the_process_exits_when_it_ends(
 
     // The live call is untouched.
     call.echo_round_trip(&sid, "AQID").await;
-    // New work is bounced elsewhere.
+    // New streams are bounced elsewhere: the webhook connects (the stream may land on another
+    // replica), a stream that lands here is closed so that Twilio runs the Redirect.
     let (status, xml) = app.webhook(&[("CallSid", "CAnew")], "").await;
     assert_eq!(status, 200);
-    assert_eq!(parse_twiml(&xml).verbs, ["Redirect"]);
+    assert_eq!(parse_twiml(&xml).verbs, ["Connect", "Redirect"]);
     let mut fresh = app.open_stream().await;
     assert_eq!(fresh.expect_close().await, (1001, "draining".into()));
     assert_eq!(app.get("/ready").await.0, 503);

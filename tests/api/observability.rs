@@ -48,9 +48,11 @@ async fn metrics_count_a_complete_call_and_a_bounced_one() {
     for _ in 0..10 {
         call.echo_round_trip(&sid, "f39/fw==").await; // 4 bytes of audio each
     }
-    // Full now: the webhook bounces, a second stream is refused for capacity.
+    // Full now: a second call's stream is refused for capacity, and its retry is counted.
     let (_, xml) = app.webhook(&[("CallSid", "CAm2")], "").await;
-    assert_eq!(parse_twiml(&xml).verbs, ["Redirect"]);
+    assert_eq!(parse_twiml(&xml).verbs, ["Connect", "Redirect"]);
+    let (_, xml) = app.webhook(&[("CallSid", "CAm2")], "?attempt=2").await;
+    assert_eq!(parse_twiml(&xml).verbs, ["Connect", "Redirect"]);
     let mut refused = app.open_stream().await;
     assert_eq!(refused.expect_close().await.0, 1013);
     let live = scrape(&app).await;
@@ -72,10 +74,10 @@ async fn metrics_count_a_complete_call_and_a_bounced_one() {
     assert_eq!(metric(&m, "callvisor_calls_ended_total{reason=stop}"), 1.0);
     assert_eq!(
         metric(&m, "callvisor_webhook_answers_total{outcome=connect}"),
-        1.0
+        2.0
     );
     assert_eq!(
-        metric(&m, "callvisor_webhook_answers_total{outcome=redirect}"),
+        metric(&m, "callvisor_webhook_answers_total{outcome=retry}"),
         1.0
     );
     assert_eq!(metric(&m, "callvisor_media_frames_in_total"), 10.0);
