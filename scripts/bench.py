@@ -44,6 +44,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def steal_seconds(core):
+    """Time the hypervisor took from `core` (the `steal` column of /proc/stat)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                return int(line.split()[8]) / TICK
+    return 0.0
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE_KIB
@@ -157,12 +166,12 @@ def run_step(calls, args, time_endpoints):
     # The steady window: every call placed (the ramp is over), none hung up yet.
     launched = time.monotonic()
     time.sleep(args.ramp + 1.5)
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    cpu0, t0, steal0 = cpu_seconds(pid), time.monotonic(), steal_seconds(args.server_core)
     frames0 = metric(server.port, "callvisor_media_frames_in_total")
     endpoints = time_http(server.port, 300) if time_endpoints else {}
     time.sleep(max(0.0, launched + args.duration - 0.5 - time.monotonic()))
     live = json.loads(get(server.port, "/")[1])["active_calls"]
-    cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    cpu1, t1, steal1 = cpu_seconds(pid), time.monotonic(), steal_seconds(args.server_core)
     frames1 = metric(server.port, "callvisor_media_frames_in_total")
     rss_live = rss_kib(pid)
     out, _ = sim.communicate()
@@ -180,6 +189,7 @@ def run_step(calls, args, time_endpoints):
         "lag_p99": s["send_lag_ms"]["p99"] if s["send_lag_ms"] else None,
         "cpu_us_per_frame": (cpu1 - cpu0) * 1e6 / frames if frames else None,
         "server_cpu_pct": (cpu1 - cpu0) * 100 / (t1 - t0),
+        "steal_pct": (steal1 - steal0) * 100 / (t1 - t0),
         "rss_kib_per_call": (rss_live - rss_idle) / live if live else None,
         "endpoints": endpoints,
     }
@@ -242,14 +252,15 @@ def main():
     timed_step = max([s for s in args.steps if s <= 1000] or [min(args.steps)])
     results = []
     header = (f"{'calls':>6} {'live':>6} {'failed':>6} {'echo p99':>9} {'lost':>6} "
-              f"{'sim lag p99':>11} {'CPU us/frame':>12} {'server CPU':>10} {'RSS/call':>9}")
+              f"{'sim lag p99':>11} {'CPU us/frame':>12} {'server CPU':>10} {'steal':>5} {'RSS/call':>9}")
     print(header)
     for calls in args.steps:
         r = run_step(calls, args, calls == timed_step)
         results.append(r)
         print(f"{r['calls']:>6} {r['live']:>6} {r['failed']:>6} {fmt(r['rtt_p99'], '>7.2f')}ms "
               f"{r['lost']:>6} {fmt(r['lag_p99'], '>9.2f')}ms {fmt(r['cpu_us_per_frame'], '>12.1f')} "
-              f"{fmt(r['server_cpu_pct'], '>9.0f')}% {fmt(r['rss_kib_per_call'], '>6.1f')}KiB",
+              f"{fmt(r['server_cpu_pct'], '>9.0f')}% {r['steal_pct']:>4.0f}% "
+              f"{fmt(r['rss_kib_per_call'], '>6.1f')}KiB",
               flush=True)
         if r["endpoints"]:
             e = r["endpoints"]

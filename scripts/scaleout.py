@@ -15,7 +15,7 @@ In every scenario no replica ever holds more than LIMIT_CONCURRENCY calls (polle
 
 Scenarios 3 and 4 run with deploy headroom (24 calls on 60 slots): handed-off calls all look
 for room at once, and at 24 calls on 30 slots a Monte Carlo of this deploy refuses one of them
-in 14% of runs (README, "Scaling out"). The assertions must hold every time.
+in 13% of runs (scripts/bounce_odds.py). The assertions must hold every time.
 
 Run through scripts/scaleout.sh (builds the binaries). Needs nginx (apt-get install -y nginx).
 """
@@ -332,7 +332,7 @@ def rolling(cluster):
     if gap:
         print(f"        info audio gap per hand-off: p50 {gap['p50']:.0f} ms, max {gap['max']:.0f} ms "
               f"(target under 1000 ms: {'met' if gap['max'] < 1000 else 'NOT met'}); "
-              f"{s['frames']['lost']} frames lost in flight")
+              f"{s['frames']['lost']} frames lost, {s['frames']['lost_at_close']} of them in flight at a hand-off")
     return sc
 
 

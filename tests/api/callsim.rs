@@ -82,6 +82,8 @@ async fn calls_beyond_the_limit_are_redirected_then_hear_busy() {
     assert_eq!(s["busy"], 3, "{s:#}");
     assert_eq!(s["failed"], 0, "{s:#}");
     assert_eq!(s["redirected"], 3, "{s:#}");
+    // Frames go unanswered only on streams the server refused, never on a working one.
+    assert_eq!(s["frames"]["lost"], s["frames"]["lost_at_close"], "{s:#}");
     // Each busy call made MAX_REDIRECTS + 1 = 3 webhook tries, then heard the message.
     assert_eq!(s["busy_after_tries"], serde_json::json!({"3": 3}), "{s:#}");
     for call in s["call_records"].as_array().unwrap() {

@@ -78,6 +78,7 @@ pub async fn run(ctx: &Ctx, call_sid: String) -> CallRecord {
             streams: 0,
             frames_sent: 0,
             frames_echoed: 0,
+            frames_lost_at_close: 0,
             said: None,
             stream_ends: Vec::new(),
         },
@@ -267,8 +268,17 @@ async fn stream_leg(ctx: &Ctx, call: &mut CallState, target: &StreamTarget) -> L
     };
     call.record.streams += 1;
     ctx.stats.borrow_mut().streaming += 1;
-    let end = Leg::new(ctx, call, target).play(&mut ws).await;
+    let (end, unanswered) = {
+        let mut leg = Leg::new(ctx, call, target);
+        let end = leg.play(&mut ws).await;
+        (end, leg.sent.saturating_sub(leg.echoed))
+    };
     ctx.stats.borrow_mut().streaming -= 1;
+    if matches!(end, LegEnd::Closed(_)) {
+        // In flight when the server closed the stream (a refusal right after `start`, a
+        // hand-off): lost too, but not by a stream that was working.
+        call.record.frames_lost_at_close += unanswered;
+    }
     end
 }
 
@@ -284,6 +294,8 @@ struct Leg<'a> {
     playback: Playback,
     audio: [u8; FRAME_BYTES],
     payload: String,
+    sent: u64,
+    echoed: u64,
 }
 
 impl<'a> Leg<'a> {
@@ -303,6 +315,8 @@ impl<'a> Leg<'a> {
             playback: Playback::default(),
             audio: [0xff; FRAME_BYTES], // mu-law silence
             payload: String::with_capacity(FRAME_BYTES * 4 / 3 + 4),
+            sent: 0,
+            echoed: 0,
         }
     }
 
@@ -311,7 +325,7 @@ impl<'a> Leg<'a> {
         self.sequence.to_string()
     }
 
-    async fn play(mut self, ws: &mut Ws) -> LegEnd {
+    async fn play(&mut self, ws: &mut Ws) -> LegEnd {
         if let Err(end) = self.open(ws).await {
             return end;
         }
@@ -437,6 +451,7 @@ impl<'a> Leg<'a> {
             .await
             .map_err(|_| LegEnd::Broken("stream write failed".into()))?;
         self.in_flight.push_back((chunk, Instant::now()));
+        self.sent += 1;
         self.call.record.frames_sent += 1;
         self.ctx.stats.borrow_mut().frames_sent += 1;
         Ok(())
@@ -464,6 +479,7 @@ impl<'a> Leg<'a> {
         };
         match frame {
             Ok(ServerFrame::Media { media, .. }) => {
+                self.echoed += 1;
                 self.call.record.frames_echoed += 1;
                 let mut stats = self.ctx.stats.borrow_mut();
                 stats.frames_echoed += 1;

@@ -36,6 +36,8 @@ pub struct CallRecord {
     pub streams: u32,
     pub frames_sent: u64,
     pub frames_echoed: u64,
+    /// Of the frames never echoed, those in flight when the server closed a stream.
+    pub frames_lost_at_close: u64,
     /// What `<Say>` told the caller last, if anything.
     pub said: Option<String>,
     /// How each stream leg ended on the server's side (`1013 at capacity`, `HTTP 403`...).
@@ -113,6 +115,9 @@ pub struct Frames {
     pub echoed: u64,
     /// Sent and never echoed (an echo server answers every frame of a call that ended normally).
     pub lost: u64,
+    /// Of `lost`, the frames in flight when the server closed their stream (refused right
+    /// after `start`, handed off): the rest were lost on streams that were working.
+    pub lost_at_close: u64,
 }
 
 /// The end-of-run result.
@@ -195,6 +200,7 @@ impl Summary {
                 sent,
                 echoed,
                 lost: sent.saturating_sub(echoed),
+                lost_at_close: records.iter().map(|r| r.frames_lost_at_close).sum(),
             },
             echo_rtt_ms: Percentiles::of(&stats.rtt_us),
             send_lag_ms: Percentiles::of(&stats.lag_us),
@@ -251,8 +257,18 @@ impl Summary {
         row(
             "media frames",
             format!(
-                "{} sent, {} echoed, {} lost ({pct:.3}%)",
-                f.sent, f.echoed, f.lost
+                "{} sent, {} echoed, {} lost ({pct:.3}%{})",
+                f.sent,
+                f.echoed,
+                f.lost,
+                if f.lost_at_close > 0 {
+                    format!(
+                        ", {} in flight as the server closed a stream",
+                        f.lost_at_close
+                    )
+                } else {
+                    String::new()
+                }
             ),
         );
         let p = |p: &Option<Percentiles>| match p {
@@ -294,6 +310,7 @@ mod tests {
             streams: 1,
             frames_sent: 10,
             frames_echoed: if outcome == Outcome::Connected { 10 } else { 7 },
+            frames_lost_at_close: if outcome == Outcome::Connected { 0 } else { 3 },
             said: None,
             stream_ends: vec!["1000 stop".into()],
         }
@@ -329,6 +346,7 @@ mod tests {
             BTreeMap::from([("webhook HTTP 500".to_string(), 1)])
         );
         assert_eq!((s.frames.sent, s.frames.echoed, s.frames.lost), (50, 41, 9));
+        assert_eq!(s.frames.lost_at_close, 9);
         assert_eq!(s.stream_ends["1000 stop"], 5);
         let rtt = s.echo_rtt_ms.unwrap();
         assert_eq!((rtt.count, rtt.p99), (1, 1.5));
@@ -339,5 +357,9 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("1 × webhook HTTP 500"), "{table}");
+        assert!(
+            table.contains("9 lost (18.000%, 9 in flight as the server closed a stream)"),
+            "{table}"
+        );
     }
 }
