@@ -16,6 +16,16 @@ fn main() -> ExitCode {
     };
     callvisor::logging::init(config.log_format);
     log::info!("callvisor {} starting: {config}", env!("CARGO_PKG_VERSION"));
+    // Each call holds a socket; the usual soft limit of 1024 open files would cap a replica
+    // near 1,000 calls whatever LIMIT_CONCURRENCY says.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < config.limit_concurrency as u64 + 64 => log::warn!(
+            "open files limit is {limit}: too low for LIMIT_CONCURRENCY={} (raise the hard limit)",
+            config.limit_concurrency
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("could not raise the open files limit: {e}"),
+    }
 
     let drain_timeout = config.drain_timeout;
     let result = actix_web::rt::System::new().block_on(async move {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use actix_codec::Framed;
 use awc::error::WsClientError;
+use awc::error::WsProtocolError as ProtocolError;
 use awc::ws::{CloseCode, CloseReason, Codec, Frame, Message};
 use awc::BoxedSocket;
 use base64::engine::general_purpose::STANDARD;
@@ -342,6 +343,10 @@ impl<'a> Leg<'a> {
                 frame = ws.next() => {
                     let frame = match frame {
                         Some(Ok(frame)) => frame,
+                        // A reset socket (the replica died) reads as an I/O error.
+                        Some(Err(ProtocolError::Io(_))) => {
+                            return LegEnd::Broken("stream dropped without a close frame".into())
+                        }
                         Some(Err(_)) => return LegEnd::Broken("stream protocol error".into()),
                         None if stop_sent.is_some() => return LegEnd::HungUp,
                         None => return LegEnd::Broken("stream dropped without a close frame".into()),

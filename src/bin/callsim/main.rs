@@ -101,6 +101,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    // Each live call holds a socket (two while its webhook is in flight).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < args.calls as u64 + 64 => eprintln!(
+            "callsim: warning: the open files limit is {limit}, too low for {} calls; \
+             raise it (ulimit -n) or expect failed connects",
+            args.calls
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("callsim: warning: could not raise the open files limit: {e}"),
+    }
     let client = net::client(args.timeout);
     let stats = Rc::new(RefCell::new(Stats::default()));
     let ctx = Rc::new(Ctx {
