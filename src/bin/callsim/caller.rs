@@ -31,6 +31,8 @@ const FRAME_BYTES: usize = 160;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const MAX_TWIML_BYTES: usize = 64 * 1024;
 const MAX_WS_FRAME: usize = 64 * 1024;
+/// Frames kept for timing echoes: 10 s of audio. An echo older than that is not timed.
+const MAX_IN_FLIGHT: usize = 500;
 
 /// What every call of a run shares.
 pub struct Ctx {
@@ -149,6 +151,12 @@ async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>)
     // The TwiML ran out (or hung up) before the call's duration: the caller was turned away.
     if ended_by_twiml || call.record.said.is_some() {
         (Outcome::Busy, None)
+    } else if call.record.streams > 0 {
+        // Twilio hangs up when the TwiML runs out: the server ended the call early.
+        (
+            Outcome::Failed,
+            Some("stream closed by the server, no TwiML after it".into()),
+        )
     } else {
         (
             Outcome::Failed,
@@ -455,6 +463,10 @@ impl<'a> Leg<'a> {
         ws.send(Message::Text(json.into()))
             .await
             .map_err(|_| LegEnd::Broken("stream write failed".into()))?;
+        if self.in_flight.len() == MAX_IN_FLIGHT {
+            // A server that does not echo (a voice agent) must not grow this without bound.
+            self.in_flight.pop_front();
+        }
         self.in_flight.push_back((chunk, Instant::now()));
         self.sent += 1;
         self.call.record.frames_sent += 1;
