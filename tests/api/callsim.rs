@@ -162,3 +162,157 @@ async fn an_unreachable_target_is_a_failure_not_a_hang() {
         "{s:#}"
     );
 }
+
+/// A Media Streams server of the test's own, which plays audio and marks to callsim and records
+/// when callsim answers each mark.
+mod playback_server {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    use callvisor::twilio::messages::{Mark, OutboundMedia, ServerFrame, StreamEvent};
+    use callvisor::twilio::twiml::{StreamVerb, TwimlResponse};
+
+    /// (mark name, when the server sent it, when callsim answered it)
+    pub type Answers = Arc<Mutex<Vec<(String, Instant, Instant)>>>;
+
+    /// Audio then a mark: 25 frames (500 ms) then `played`; 100 frames (2 s), `cleared`, `clear`.
+    pub fn start() -> (String, Answers) {
+        let answers: Answers = Arc::default();
+        let state = web::Data::new(answers.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/incoming-call", web::post().to(webhook))
+                .route("/media-stream", web::get().to(stream))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_web::rt::spawn(server);
+        (base, answers)
+    }
+
+    async fn webhook(req: HttpRequest) -> HttpResponse {
+        let url = format!("ws://{}/media-stream", req.connection_info().host());
+        let twiml = TwimlResponse::new().connect_stream(&StreamVerb {
+            url: &url,
+            status_callback: None,
+            parameters: &[],
+        });
+        HttpResponse::Ok()
+            .content_type("text/xml")
+            .body(twiml.build())
+    }
+
+    async fn stream(
+        req: HttpRequest,
+        body: web::Payload,
+        answers: web::Data<Answers>,
+    ) -> actix_web::Result<HttpResponse> {
+        let (response, session, mut inbound) = actix_ws::handle(&req, body)?;
+        let answers = answers.get_ref().clone();
+        // When each mark was sent; the reader records answers while the writer plays.
+        let sent_at: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+        actix_web::rt::spawn(async move {
+            while let Some(Ok(msg)) = inbound.recv().await {
+                let actix_ws::Message::Text(text) = msg else {
+                    continue;
+                };
+                match StreamEvent::parse(&text) {
+                    Ok(StreamEvent::Start(start)) => {
+                        let writer =
+                            play(session.clone(), start.stream_sid.clone(), sent_at.clone());
+                        actix_web::rt::spawn(writer);
+                    }
+                    Ok(StreamEvent::Mark(mark)) => {
+                        let sent = sent_at.lock().unwrap()[&mark.name];
+                        answers
+                            .lock()
+                            .unwrap()
+                            .push((mark.name, sent, Instant::now()));
+                    }
+                    Ok(StreamEvent::Stop) => break,
+                    _ => {}
+                }
+            }
+            let _ = session.close(None).await;
+        });
+        Ok(response)
+    }
+
+    async fn play(
+        mut session: actix_ws::Session,
+        sid: String,
+        sent_at: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
+    ) {
+        let media = ServerFrame::Media {
+            stream_sid: sid.as_str().into(),
+            media: OutboundMedia {
+                payload: "/".repeat(216).into(), // 160 bytes of audio
+            },
+        }
+        .to_json();
+        let mark = |name: &str| {
+            ServerFrame::Mark {
+                stream_sid: sid.as_str().into(),
+                mark: Mark { name: name.into() },
+            }
+            .to_json()
+        };
+        for _ in 0..25 {
+            session.text(media.clone()).await.unwrap();
+        }
+        sent_at
+            .lock()
+            .unwrap()
+            .insert("played".into(), Instant::now());
+        session.text(mark("played")).await.unwrap();
+        // Once `played` is back, queue 2 s of audio, a mark, and clear it all.
+        actix_web::rt::time::sleep(Duration::from_millis(700)).await;
+        for _ in 0..100 {
+            session.text(media.clone()).await.unwrap();
+        }
+        sent_at
+            .lock()
+            .unwrap()
+            .insert("cleared".into(), Instant::now());
+        session.text(mark("cleared")).await.unwrap();
+        let clear = ServerFrame::Clear {
+            stream_sid: sid.as_str().into(),
+        };
+        session.text(clear.to_json()).await.unwrap();
+    }
+}
+
+#[actix_web::test]
+async fn marks_come_back_when_their_audio_has_played_or_was_cleared() {
+    let (base, answers) = playback_server::start();
+    let (s, code) = callsim(&base, &["--calls", "1", "--duration", "3s"]).await;
+    assert_eq!((code, &s["connected"]), (0, &Value::from(1)), "{s:#}");
+    let answers = answers.lock().unwrap().clone();
+    let names: Vec<&str> = answers.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["played", "cleared"],
+        "each mark answered once, in order"
+    );
+    // 25 frames are 500 ms of audio: the mark cannot come back before they have played.
+    let (_, sent, answered) = &answers[0];
+    let waited = *answered - *sent;
+    assert!(
+        waited >= std::time::Duration::from_millis(450),
+        "`played` answered after {waited:?}, before its 500 ms of audio played"
+    );
+    // After `clear`, the mark of 2 s of dropped audio comes back without waiting for it.
+    let (_, sent, answered) = &answers[1];
+    let waited = *answered - *sent;
+    assert!(
+        waited < std::time::Duration::from_millis(1900),
+        "`cleared` answered after {waited:?}: the cleared audio was played anyway"
+    );
+}
