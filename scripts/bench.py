@@ -230,7 +230,7 @@ def fmt(v, spec):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("steps", nargs="*", type=int, default=[250, 500, 1000, 2000, 4000])
+    p.add_argument("steps", nargs="*", type=int, default=[250, 500, 750, 1000, 1500, 2000])
     p.add_argument("--duration", type=float, default=30, help="seconds per call")
     p.add_argument("--ramp", type=float, default=5, help="seconds to place a step's calls")
     p.add_argument("--server-core", type=int, default=0)
