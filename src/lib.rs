@@ -1,11 +1,11 @@
 //! callvisor: a Twilio Media Streams call server.
 //!
 //! ```text
-//!  Twilio ──POST /incoming-call──▶ http::webhook ──ask──▶ CallSupervisor (one per process)
-//!         ◀── TwiML (Connect/Stream + Redirect fallback)      │ admits / refuses, counts
-//!  Twilio ══WS /media-stream═══▶ http::stream ──Admit──▶ CallSupervisor
-//!                                    │ admitted
-//!                                    ▼
+//!  Twilio ──POST /incoming-call──▶ http::webhook: the same TwiML on every replica
+//!         ◀── TwiML (Connect/Stream, then a Redirect to the next try)
+//!  Twilio ══WS /media-stream═══▶ http::stream ──Admit──▶ CallSupervisor (one per process)
+//!                                    │ admitted             admits or refuses, counts
+//!                                    ▼                      (refused: close 1013 / 1001)
 //!                               CallSession actor (one per call) ── CallHandler (echo)
 //!  ops ──GET / , /ready──▶ read the supervisor's snapshot
 //!  SIGTERM ──▶ drain: stop admitting, wait, hand remaining calls over, exit
