@@ -247,6 +247,7 @@ class Scenario:
     def __init__(self, name):
         self.name = name
         self.checks = []
+        self.notes = []
         self.row = {}
 
     def check(self, ok, what):
@@ -271,6 +272,8 @@ class Scenario:
         print(f"{'PASS' if self.passed else 'FAIL'}  {self.name}")
         for ok, what in self.checks:
             print(f"        {'ok  ' if ok else 'FAIL'} {what}")
+        for note in self.notes:
+            print(f"        info {note}")
         sys.stdout.flush()
 
 
@@ -331,9 +334,10 @@ def rolling(cluster):
              f"of {s['handed_off']} calls)")
     gap = s["handoff_gap_ms"]
     if gap:
-        print(f"        info audio gap per hand-off: p50 {gap['p50']:.0f} ms, max {gap['max']:.0f} ms "
-              f"(target under 1000 ms: {'met' if gap['max'] < 1000 else 'NOT met'}); "
-              f"{s['frames']['lost']} frames lost, {s['frames']['lost_at_close']} of them in flight at a hand-off")
+        sc.notes.append(
+            f"audio gap per hand-off: p50 {gap['p50']:.0f} ms, max {gap['max']:.0f} ms (target "
+            f"under 1000 ms: {'met' if gap['max'] < 1000 else 'NOT met'}); {s['frames']['lost']} "
+            f"frames lost, {s['frames']['lost_at_close']} of them in flight at a hand-off")
     return sc
 
 
