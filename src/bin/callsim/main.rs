@@ -188,7 +188,7 @@ async fn run(args: Args) -> ExitCode {
 fn progress_bar(calls: u64) -> ProgressBar {
     let bar = ProgressBar::new(calls);
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} calls ended  {msg}")
+        ProgressStyle::with_template("{elapsed_precise} [{bar:20}] {pos}/{len} ended  {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );
@@ -199,11 +199,11 @@ fn update_progress(bar: &ProgressBar, stats: &Stats) {
     let p99 = |h| Percentiles::of(h).map_or("-".to_string(), |p| format!("{:.1}ms", p.p99));
     bar.set_position(stats.records.len() as u64);
     bar.set_message(format!(
-        "live {} streaming {} | frames {} sent {} echoed | echo p99 {} | send lag p99 {}",
+        "live {} streaming {} | frames {}/{} echoed | p99 echo {} lag {}",
         stats.live_calls,
         stats.streaming,
-        stats.frames_sent,
         stats.frames_echoed,
+        stats.frames_sent,
         p99(&stats.rtt_us),
         p99(&stats.lag_us),
     ));
