@@ -23,13 +23,19 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds `config.host:config.port` and prepares the server. Must run inside an actix system.
+    /// Binds `config.host:config.port` and prepares the server with the echo handler. Must run
+    /// inside an actix system.
     pub fn build(config: Config) -> std::io::Result<Self> {
+        Self::build_with_handler(config, Arc::new(|| Box::new(EchoHandler)))
+    }
+
+    /// [`Application::build`] with another call handler: each admitted call gets its own
+    /// instance from `handler`.
+    pub fn build_with_handler(config: Config, handler: HandlerFactory) -> std::io::Result<Self> {
         let listener = TcpListener::bind((config.host, config.port))?;
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new();
         let supervisor = CallSupervisor::new(config.limit_concurrency, metrics.clone()).start();
-        let handler: HandlerFactory = Arc::new(|| Box::new(EchoHandler));
         let auth = config
             .twilio_auth_token
             .as_deref()

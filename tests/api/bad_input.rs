@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::helpers::*;
 use awc::ws;
+use callvisor::call::handler::{CallHandler, HandlerError, HandlerFactory, MediaChunk, Outbox};
 use futures_util::SinkExt;
 
 const HEALTHY: &str = "CAhealthy";
@@ -148,4 +149,50 @@ async fn a_silent_stream_is_closed_1001_after_the_idle_timeout() {
 
 fn text(s: &str) -> ws::Message {
     ws::Message::Text(s.to_string().into())
+}
+
+/// Echoes two frames, then fails: a bug in a call's handler.
+struct FailsOnThirdFrame(u32);
+
+impl CallHandler for FailsOnThirdFrame {
+    fn on_media(
+        &mut self,
+        media: &MediaChunk<'_>,
+        out: &mut Outbox<'_>,
+    ) -> Result<(), HandlerError> {
+        self.0 += 1;
+        if self.0 == 3 {
+            return Err(HandlerError("model backend unreachable".into()));
+        }
+        out.media_base64(media.payload_base64);
+        Ok(())
+    }
+}
+
+#[actix_web::test]
+async fn a_failing_handler_closes_its_call_1011_and_frees_the_slot() {
+    let handler: HandlerFactory = std::sync::Arc::new(|| Box::new(FailsOnThirdFrame(0)));
+    let app = spawn_app_with_handler(|c| c.limit_concurrency = 2, Some(handler)).await;
+    let mut healthy = app.start_call("CAok").await;
+    let mut failing = app.start_call("CAfail").await;
+    let sid = stream_sid_for("CAfail");
+    failing.echo_round_trip(&sid, "AAAA").await;
+    failing.echo_round_trip(&sid, "AQID").await;
+    failing.media(&sid, 3, "AgME").await;
+    assert_eq!(
+        failing.expect_close().await,
+        (1011, "handler failed".into())
+    );
+
+    // Only that call ended: its slot is free again, the other call goes on.
+    let health = app.wait_for_active(1).await;
+    assert_eq!(health["calls_completed"], 1);
+    healthy
+        .echo_round_trip(&stream_sid_for("CAok"), "AAAA")
+        .await;
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"callvisor_calls_ended_total{reason="handler_failed"} 1"#),
+        "{metrics}"
+    );
 }

@@ -27,10 +27,22 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with_handler(configure, None).await
+}
+
+/// The server with a call handler of the test's own (`None`: echo).
+pub async fn spawn_app_with_handler(
+    configure: impl FnOnce(&mut Config),
+    handler: Option<callvisor::call::handler::HandlerFactory>,
+) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
     let mut config = Config::for_tests();
     configure(&mut config);
-    let app = Application::build(config).expect("server binds");
+    let app = match handler {
+        Some(handler) => Application::build_with_handler(config, handler),
+        None => Application::build(config),
+    }
+    .expect("server binds");
     let port = app.port();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
