@@ -156,9 +156,16 @@ async fn run(args: Args) -> ExitCode {
             }
         })
     };
-    for call in calls {
-        let _ = call.await;
-    }
+    let all_ended = async {
+        for call in calls {
+            let _ = call.await;
+        }
+    };
+    // Ctrl-C still prints what the calls that ended so far got.
+    let interrupted = tokio::select! {
+        _ = all_ended => false,
+        _ = tokio::signal::ctrl_c() => true,
+    };
     ticker.abort();
     progress.finish_and_clear();
 
@@ -170,6 +177,14 @@ async fn run(args: Args) -> ExitCode {
         args.ramp,
         started.elapsed(),
     );
+    if interrupted {
+        eprintln!(
+            "callsim: interrupted with {} calls still live: outcomes and frame counts cover the {} \
+             calls that ended; the latency percentiles include every frame so far",
+            stats.borrow().live_calls,
+            summary.call_records.len(),
+        );
+    }
     if args.json {
         println!(
             "{}",
@@ -178,7 +193,9 @@ async fn run(args: Args) -> ExitCode {
     } else {
         print!("{}", summary.table());
     }
-    if summary.failed == 0 {
+    if interrupted {
+        ExitCode::from(130)
+    } else if summary.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
