@@ -529,7 +529,7 @@ impl<'a> Leg<'a> {
 fn frame_number(payload_base64: &str) -> Option<u32> {
     // 8 base64 characters decode to the first 6 bytes without decoding the rest.
     let head = STANDARD.decode(payload_base64.get(..8)?).ok()?;
-    Some(u32::from_le_bytes(head[..4].try_into().ok()?))
+    Some(u32::from_le_bytes(head.get(..4)?.try_into().ok()?))
 }
 
 fn describe_close(reason: Option<&CloseReason>) -> String {
