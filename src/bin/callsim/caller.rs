@@ -75,7 +75,6 @@ pub async fn run(ctx: &Ctx, call_sid: String) -> CallRecord {
             call_sid,
             outcome: Outcome::Failed,
             reason: None,
-            webhooks: 0,
             redirects: 0,
             handoffs: 0,
             streams: 0,
@@ -99,7 +98,6 @@ async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>)
     let mut method = "POST".to_string();
     let mut ended_by_twiml = false;
     'fetch: loop {
-        call.record.webhooks += 1;
         let verbs = match fetch_twiml(ctx, &url, &method, call).await {
             Ok(verbs) => verbs,
             Err(reason) => return (Outcome::Failed, Some(reason)),
@@ -167,7 +165,7 @@ async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>)
 
 /// The form parameters Twilio sends with every voice webhook request.
 fn webhook_params(ctx: &Ctx, call: &CallState) -> Vec<(String, String)> {
-    let status = if call.record.webhooks == 1 {
+    let status = if call.record.redirects == 0 {
         "ringing"
     } else {
         "in-progress"

@@ -27,8 +27,7 @@ pub struct CallRecord {
     pub outcome: Outcome,
     /// Why a call failed, in a few words shared by all calls that failed the same way.
     pub reason: Option<String>,
-    /// Webhook requests made: the first one plus one per `<Redirect>` followed.
-    pub webhooks: u32,
+    /// `<Redirect>`s followed; the call made one webhook request more than this.
     pub redirects: u32,
     /// Streams closed by the server with `1001 handoff` and continued elsewhere.
     pub handoffs: u32,
@@ -171,7 +170,7 @@ impl Summary {
                     let reason = r.reason.clone().unwrap_or_else(|| "unknown".into());
                     *failed_by_reason.entry(reason).or_insert(0) += 1;
                 }
-                Outcome::Busy => *busy_after_tries.entry(r.webhooks).or_insert(0) += 1,
+                Outcome::Busy => *busy_after_tries.entry(r.redirects + 1).or_insert(0) += 1,
                 Outcome::Connected => {}
             }
             for end in &r.stream_ends {
@@ -299,13 +298,12 @@ impl Summary {
 mod tests {
     use super::*;
 
-    fn record(outcome: Outcome, webhooks: u32, reason: Option<&str>) -> CallRecord {
+    fn record(outcome: Outcome, tries: u32, reason: Option<&str>) -> CallRecord {
         CallRecord {
             call_sid: "CA1".into(),
             outcome,
             reason: reason.map(String::from),
-            webhooks,
-            redirects: webhooks - 1,
+            redirects: tries - 1,
             handoffs: 0,
             streams: 1,
             frames_sent: 10,
