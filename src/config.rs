@@ -39,6 +39,10 @@ pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 pub const DRAIN_MARGIN_SECS: u64 = 2;
 pub const ENV_LOG_FORMAT: &str = "LOG_FORMAT";
 pub const ENV_TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
+pub const ENV_OUTBOUND_BUFFER_KIB: &str = "OUTBOUND_BUFFER_KIB";
+/// 1 MiB holds about 95 s of Twilio media frames (8,000 bytes of mu-law a second, base64 in
+/// JSON): a whole spoken answer an agent sends faster than real time fits with room to spare.
+pub const DEFAULT_OUTBOUND_BUFFER_KIB: usize = 1024;
 
 /// The effective configuration of one replica.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,6 +69,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The Twilio account's auth token; when set, every Twilio request must be signed with it.
     pub twilio_auth_token: Option<String>,
+    /// Bytes of frames one call may have queued for its socket before it is closed 1008.
+    pub outbound_buffer_bytes: usize,
 }
 
 /// A variable that is set to something this service cannot use.
@@ -176,11 +182,22 @@ impl Config {
             _ => LogFormat::Text,
         };
         let twilio_auth_token = get(ENV_TWILIO_AUTH_TOKEN).map(|t| t.trim().to_string());
+        let outbound_buffer_bytes = parse(
+            ENV_OUTBOUND_BUFFER_KIB,
+            "a whole number of KiB from 4 to 1048576",
+            &|v| {
+                v.parse::<usize>()
+                    .is_ok_and(|n| (4..=1_048_576).contains(&n))
+            },
+        )?
+        .map_or(DEFAULT_OUTBOUND_BUFFER_KIB, |v| v.parse().unwrap())
+            * 1024;
 
         Ok(Config {
             log_format,
             drain_timeout,
             twilio_auth_token,
+            outbound_buffer_bytes,
             host,
             port,
             limit_concurrency,
@@ -219,7 +236,8 @@ impl fmt::Display for Config {
         write!(
             f,
             "listen={}:{} limit_concurrency={} public_url={} max_redirects={} \
-             start_timeout={}s idle_timeout={}s drain_timeout={}s workers={} replica={} auth={}",
+             start_timeout={}s idle_timeout={}s drain_timeout={}s outbound_buffer={}KiB workers={} \
+             replica={} auth={}",
             self.host,
             self.port,
             self.limit_concurrency,
@@ -230,6 +248,7 @@ impl fmt::Display for Config {
             self.start_timeout.as_secs(),
             self.idle_timeout.as_secs(),
             self.drain_timeout.as_secs(),
+            self.outbound_buffer_bytes / 1024,
             self.workers.map_or("auto".to_string(), |w| w.to_string()),
             self.replica,
             self.auth_mode(),
@@ -285,6 +304,7 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(30));
         assert_eq!(c.public_url, None);
         assert_eq!(c.busy_message, DEFAULT_BUSY_MESSAGE);
+        assert_eq!(c.outbound_buffer_bytes, 1024 * 1024);
     }
 
     #[test]
@@ -299,8 +319,10 @@ mod tests {
             ("IDLE_TIMEOUT_SECS", "7"),
             ("BUSY_MESSAGE", "Busy."),
             ("RAILWAY_REPLICA_ID", "r-1"),
+            ("OUTBOUND_BUFFER_KIB", "64"),
         ])
         .unwrap();
+        assert_eq!(c.outbound_buffer_bytes, 64 * 1024);
         assert_eq!(c.port, 9000);
         assert_eq!(c.limit_concurrency, 2500);
         assert_eq!(c.public_url.as_deref(), Some("https://calls.example.com"));
@@ -347,6 +369,8 @@ mod tests {
             ("PUBLIC_URL", "calls.example.com"),
             ("PUBLIC_URL", "https://x.test/?a=1"),
             ("WORKERS", "0"),
+            ("OUTBOUND_BUFFER_KIB", "2"),
+            ("OUTBOUND_BUFFER_KIB", "lots"),
         ] {
             let err = parse(&[(var, value)]).unwrap_err();
             assert_eq!(err.variable, var);

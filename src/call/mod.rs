@@ -4,5 +4,6 @@
 
 pub mod handler;
 pub mod handlers;
+pub mod outbound;
 pub mod session;
 pub mod supervisor;

@@ -1,17 +1,22 @@
 //! One actor per call: owns the stream's socket, its `start` data, its timers and its handler.
 //!
-//! Inbound frames arrive as a stream attached to the actor's context; outbound frames go through
-//! a [`SinkWrite`] into the actix-ws session. The call's [`CallSlot`] is a field, so the slot is
-//! released when the actor stops, whatever stopped it.
+//! Inbound frames arrive as a stream attached to the actor's context; outbound frames wait in a
+//! bounded [`OutboundQueue`] (a field of the actor) on their way into the actix-ws session. A
+//! peer that does not take its frames is closed 1008 `not reading` when the queue is full. The
+//! call's [`CallSlot`] is a field, so the slot is released when the actor stops, whatever
+//! stopped it.
 
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use actix::io::{SinkWrite, WriteHandler};
+use actix::fut::ActorFuture;
 use actix::prelude::*;
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Closed, Message, ProtocolError};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message, ProtocolError};
 use base64::Engine;
 
 use crate::call::handler::{CallHandler, HandlerError, MediaChunk, Outbox};
+use crate::call::outbound::OutboundQueue;
 use crate::call::supervisor::{Attach, BindCall, CallSlot, CallSupervisor, CloseCall};
 use crate::metrics::{MediaCounts, Metrics};
 use crate::twilio::messages::StreamEvent;
@@ -29,6 +34,10 @@ use crate::twilio::signature::{unix_now, StreamTokens, STREAM_TOKEN_PARAM};
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// How long a closing stream may take to flush its close frame before the actor stops anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// The same for a peer already known not to read: its close frame will not get through either.
+const STALLED_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// DTMF digits kept for the end-of-call log; a flood of `dtmf` events must not grow memory.
+const MAX_DTMF_LOG: usize = 64;
 
 /// What a session enforces, from the configuration.
 #[derive(Clone)]
@@ -37,6 +46,8 @@ pub struct SessionSettings {
     pub idle_timeout: Duration,
     /// When set, `start` must carry a stream token minted for its CallSid.
     pub tokens: Option<StreamTokens>,
+    /// Bytes of outbound frames a call may have waiting for its socket (`OUTBOUND_BUFFER_KIB`).
+    pub outbound_cap: usize,
 }
 
 /// Why a call ended; logged once at the end.
@@ -58,6 +69,8 @@ pub enum EndReason {
     Superseded,
     /// The replica is draining: closed so that Twilio redirects the call to a live replica.
     HandedOff,
+    /// The peer left `OUTBOUND_BUFFER_KIB` of our frames unread.
+    NotReading,
 }
 
 impl EndReason {
@@ -74,6 +87,7 @@ impl EndReason {
             EndReason::Unauthenticated => "auth",
             EndReason::Superseded => "superseded",
             EndReason::HandedOff => "handoff",
+            EndReason::NotReading => "not_reading",
         }
     }
 }
@@ -86,7 +100,7 @@ enum Phase {
     },
 }
 
-type Writer = SinkWrite<Message, actix_ws::Session>;
+type Outbound = OutboundQueue<actix_ws::Session, Message>;
 
 pub struct CallSession {
     /// Held, never read: dropping it with the actor releases the supervisor's slot.
@@ -97,9 +111,8 @@ pub struct CallSession {
     phase: Phase,
     /// Set once the session decided to close: later frames are ignored.
     ending: Option<(EndReason, u16)>,
-    writer: Option<Writer>,
-    /// The sending half until `started` wraps it into `writer` (that needs the context).
-    pending_ws: Option<actix_ws::Session>,
+    /// Frames on their way to the socket, bounded in bytes; [`FlushOutbound`] drains it.
+    outbound: Outbound,
     /// The ws stream is taken by `started` to attach it to the context.
     inbound: Option<actix_ws::MessageStream>,
     /// For the idle timeout; refreshed on every inbound frame.
@@ -113,7 +126,9 @@ pub struct CallSession {
     /// What of `counts` is already in the shared metrics (reported every tick and at the end).
     reported: MediaCounts,
     metrics: Metrics,
+    /// The first [`MAX_DTMF_LOG`] digits, for the end-of-call log; `dtmf_count` counts all.
     dtmf: String,
+    dtmf_count: u64,
     marks: u64,
 }
 
@@ -131,12 +146,10 @@ impl CallSession {
             slot,
             supervisor,
             handler,
-            settings,
             phase: Phase::AwaitingStart,
             ending: None,
-            writer: None,
+            outbound: OutboundQueue::new(ws, settings.outbound_cap),
             inbound: Some(inbound),
-            pending_ws: Some(ws),
             last_rx: Instant::now(),
             opened: Instant::now(),
             audio_buf: Vec::with_capacity(256),
@@ -145,7 +158,9 @@ impl CallSession {
             reported: MediaCounts::default(),
             metrics,
             dtmf: String::new(),
+            dtmf_count: 0,
             marks: 0,
+            settings,
         }
     }
 
@@ -169,15 +184,39 @@ impl CallSession {
         if why != EndReason::Stop {
             call_log!(self, Info, "closing {code} ({reason})");
         }
-        if let Some(writer) = self.writer.as_mut() {
-            let _ = writer.write(Message::Close(Some(CloseReason {
+        let stalled = why == EndReason::NotReading;
+        // Frames queued for a peer that does not read are late audio: the close goes alone.
+        self.outbound.close_with(
+            Message::Close(Some(CloseReason {
                 code: CloseCode::from(code),
                 description: Some(reason.to_string()),
-            })));
-            writer.close();
-        }
+            })),
+            stalled,
+        );
         // A peer that never reads could keep the close frame unflushed forever.
-        ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+        let grace = if stalled {
+            STALLED_CLOSE_GRACE
+        } else {
+            CLOSE_GRACE
+        };
+        ctx.run_later(grace, |_, ctx| ctx.stop());
+    }
+
+    /// Queues a frame for the socket; a peer that left the whole queue unread is closed.
+    fn send(&mut self, ctx: &mut Context<Self>, frame: Message) {
+        if let Err(overflow) = self.outbound.push(frame) {
+            self.not_reading(ctx, overflow.cap);
+        }
+    }
+
+    fn not_reading(&mut self, ctx: &mut Context<Self>, cap: usize) {
+        call_log!(
+            self,
+            Warn,
+            "peer is not reading: {} KiB of frames waiting",
+            cap / 1024
+        );
+        self.close(ctx, EndReason::NotReading, 1008, "not reading");
     }
 
     fn protocol_error(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
@@ -228,7 +267,7 @@ impl CallSession {
                     slot: self.slot.id(),
                     call_sid,
                 });
-                self.dispatch(|h, out| h.on_start(&start, out))
+                self.dispatch(ctx, |h, out| h.on_start(&start, out))
             }
             (Phase::Streaming { .. }, StreamEvent::Start(_)) => {
                 return self.protocol_error(ctx, 1008, "second start on one stream")
@@ -255,19 +294,23 @@ impl CallSession {
                     payload_base64: &media.payload,
                     audio: &audio,
                 };
-                let result = self.dispatch(|h, out| h.on_media(&chunk, out));
+                let result = self.dispatch(ctx, |h, out| h.on_media(&chunk, out));
                 self.audio_buf = audio;
                 result
             }
             (Phase::Streaming { .. }, StreamEvent::Dtmf(dtmf)) => {
                 call_log!(self, Debug, "dtmf {}", dtmf.digit);
-                self.dtmf.push_str(&dtmf.digit);
-                self.dispatch(|h, out| h.on_dtmf(&dtmf.digit, out))
+                self.dtmf_count += 1;
+                if self.dtmf.len() < MAX_DTMF_LOG {
+                    self.dtmf
+                        .extend(dtmf.digit.chars().take(MAX_DTMF_LOG - self.dtmf.len()));
+                }
+                self.dispatch(ctx, |h, out| h.on_dtmf(&dtmf.digit, out))
             }
             (Phase::Streaming { .. }, StreamEvent::Mark(mark)) => {
                 call_log!(self, Debug, "mark {}", mark.name);
                 self.marks += 1;
-                self.dispatch(|h, out| h.on_mark(&mark.name, out))
+                self.dispatch(ctx, |h, out| h.on_mark(&mark.name, out))
             }
         };
         if let Err(e) = result {
@@ -279,6 +322,7 @@ impl CallSession {
     /// Runs one handler callback and queues what it sent.
     fn dispatch(
         &mut self,
+        ctx: &mut Context<Self>,
         f: impl FnOnce(&mut dyn CallHandler, &mut Outbox<'_>) -> Result<(), HandlerError>,
     ) -> Result<(), HandlerError> {
         let Phase::Streaming { stream_sid, .. } = &self.phase else {
@@ -286,10 +330,14 @@ impl CallSession {
         };
         let mut out = Outbox::new(stream_sid, &mut self.out_buf, &mut self.counts);
         let result = f(self.handler.as_mut(), &mut out);
-        if let Some(writer) = self.writer.as_mut() {
-            for frame in self.out_buf.drain(..) {
-                let _ = writer.write(Message::Text(frame.into()));
+        let mut overflow = None;
+        for frame in self.out_buf.drain(..) {
+            if overflow.is_none() {
+                overflow = self.outbound.push(Message::Text(frame.into())).err();
             }
+        }
+        if let Some(overflow) = overflow {
+            self.not_reading(ctx, overflow.cap);
         }
         result
     }
@@ -303,9 +351,7 @@ impl Actor for CallSession {
             slot: self.slot.id(),
             session: ctx.address().recipient(),
         });
-        if let Some(ws) = self.pending_ws.take() {
-            self.writer = Some(SinkWrite::new(ws, ctx));
-        }
+        ctx.spawn(FlushOutbound);
         if let Some(inbound) = self.inbound.take() {
             ctx.add_stream(
                 inbound
@@ -357,10 +403,16 @@ impl Actor for CallSession {
         call_log!(
             self,
             Info,
-            "call ended: reason={} code={code} duration={duration:.1}s frames_in={frames_in} frames_out={frames_out} dtmf={:?} marks={}",
+            "call ended: reason={} code={code} duration={duration:.1}s frames_in={frames_in} frames_out={frames_out} dtmf={:?}{} marks={} outbound_peak={}B",
             reason.label(),
             self.dtmf,
+            if self.dtmf_count > self.dtmf.len() as u64 {
+                format!(" (+{} more)", self.dtmf_count - self.dtmf.len() as u64)
+            } else {
+                String::new()
+            },
             self.marks,
+            self.outbound.peak(),
         );
     }
 }
@@ -382,11 +434,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for CallSession {
             Ok(AggregatedMessage::Binary(_)) => {
                 self.protocol_error(ctx, 1003, "binary frames are not part of the protocol")
             }
-            Ok(AggregatedMessage::Ping(bytes)) => {
-                if let Some(w) = self.writer.as_mut() {
-                    let _ = w.write(Message::Pong(bytes));
-                }
-            }
+            Ok(AggregatedMessage::Ping(bytes)) => self.send(ctx, Message::Pong(bytes)),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(reason)) => {
                 let code = reason.as_ref().map_or(1000, |r| u16::from(r.code));
@@ -419,7 +467,28 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for CallSession {
     }
 }
 
-impl WriteHandler<Closed> for CallSession {}
+/// Moves the call's queued frames into its socket whenever the socket takes them; stops the
+/// actor once the close frame is handed over, or when the socket is gone.
+struct FlushOutbound;
+
+impl ActorFuture<CallSession> for FlushOutbound {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut CallSession,
+        ctx: &mut Context<CallSession>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        match act.outbound.poll_flush(task) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => {
+                ctx.stop();
+                Poll::Ready(())
+            }
+        }
+    }
+}
 
 impl Handler<CloseCall> for CallSession {
     type Result = ();

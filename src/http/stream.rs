@@ -35,6 +35,7 @@ pub async fn media_stream(
                 start_timeout: state.config.start_timeout,
                 idle_timeout: state.config.idle_timeout,
                 tokens: state.auth.as_ref().map(|a| a.tokens.clone()),
+                outbound_cap: state.config.outbound_buffer_bytes,
             };
             CallSession::new(
                 slot,

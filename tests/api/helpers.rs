@@ -1,5 +1,6 @@
 //! One way to start the app and talk to it, shared by every test.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::rt::time::{sleep, timeout};
@@ -296,6 +297,38 @@ impl TestStream {
         assert_eq!(echo["streamSid"], stream_sid);
         assert_eq!(echo["media"]["payload"], payload);
     }
+}
+
+/// Scrapes /metrics and parses it with a Prometheus parser: `name{labels}` -> value.
+pub async fn scrape(app: &TestApp) -> HashMap<String, f64> {
+    let (status, body) = app.get("/metrics").await;
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let mut out = HashMap::new();
+    for s in scrape.samples {
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let key = if labels.is_empty() {
+            s.metric.clone()
+        } else {
+            format!("{}{{{}}}", s.metric, labels.join(","))
+        };
+        let value = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        out.insert(key, value);
+    }
+    out
+}
+
+pub fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no {key} in {:#?}", m.keys().collect::<Vec<_>>()))
 }
 
 /// Parses TwiML as XML and returns the document's verbs as a simple summary.

@@ -1,6 +1,7 @@
 //! Black-box tests: the real server on port 0, driven over real sockets as Twilio would.
 
 mod auth;
+mod backpressure;
 mod bad_input;
 mod call_flow;
 mod callsim;

@@ -1,42 +1,9 @@
 //! What operators read: /metrics, JSON log lines, stream status callbacks.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::helpers::*;
 use callvisor::twilio::signature::sign;
-
-/// Scrapes /metrics and parses it with a Prometheus parser: `name{labels}` -> value.
-async fn scrape(app: &TestApp) -> HashMap<String, f64> {
-    let (status, body) = app.get("/metrics").await;
-    assert_eq!(status, 200);
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    let mut out = HashMap::new();
-    for s in scrape.samples {
-        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        labels.sort();
-        let key = if labels.is_empty() {
-            s.metric.clone()
-        } else {
-            format!("{}{{{}}}", s.metric, labels.join(","))
-        };
-        let value = match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
-            prometheus_parse::Value::Summary(_) => continue,
-        };
-        out.insert(key, value);
-    }
-    out
-}
-
-fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
-    *m.get(key)
-        .unwrap_or_else(|| panic!("no {key} in {:#?}", m.keys().collect::<Vec<_>>()))
-}
 
 #[actix_web::test]
 async fn metrics_count_a_complete_call_and_a_bounced_one() {
