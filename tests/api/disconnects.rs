@@ -2,13 +2,19 @@
 
 use crate::helpers::*;
 use futures_util::future::join_all;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 #[actix_web::test]
 async fn fifty_calls_dropping_their_connection_at_random_points_release_every_slot() {
     let app = spawn_app_with(|c| c.limit_concurrency = 50).await;
+    // CALLVISOR_TEST_SEED=N replays a failed run; the seed is printed either way.
+    let seed = std::env::var("CALLVISOR_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("disconnect plan seed: {seed} (replay with CALLVISOR_TEST_SEED={seed})");
     let plans: Vec<(u8, u32)> = {
-        let mut rng = rand::rng();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         (0..50).map(|i| (i % 4, rng.random_range(1..30))).collect()
     };
     let calls = plans.into_iter().enumerate().map(|(i, (stage, frames))| {

@@ -56,16 +56,27 @@ async fn metrics_count_a_complete_call_and_a_bounced_one() {
 
 #[actix_web::test]
 async fn ended_reasons_are_counted_separately() {
-    let app = spawn_app_with(|c| c.start_timeout = Duration::from_secs(1)).await;
-    let s = app.start_call("CAgone").await;
+    // Two servers: the one with a 1 s start timeout holds only the stream that must hit it, so
+    // the timer cannot race the other cases on a loaded machine.
+    let app = spawn_app_with(|c| c.start_timeout = PATIENCE * 4).await;
+    let slow = spawn_app_with(|c| c.start_timeout = Duration::from_secs(1)).await;
+    let mut s = app.start_call("CAgone").await;
+    s.echo_round_trip(&stream_sid_for("CAgone"), "AAAA").await;
     drop(s); // client gone
     let mut s = app.open_stream().await;
     s.send_text("{broken").await;
     assert_eq!(s.expect_close().await.0, 1007);
-    let mut s = app.open_stream().await;
+    let mut s = slow.open_stream().await;
     assert_eq!(s.expect_close().await.0, 1008); // no start in time
     app.wait_for_active(0).await;
-    let m = scrape(&app).await;
+    slow.wait_for_active(0).await;
+    let mut m = scrape(&app).await;
+    m.extend(
+        scrape(&slow)
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.contains("start_timeout")),
+    );
     assert_eq!(
         metric(&m, "callvisor_calls_ended_total{reason=client_gone}"),
         1.0
