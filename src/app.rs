@@ -3,7 +3,6 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::Actor;
 use actix_web::{dev::Server, web, App, HttpServer};
@@ -13,33 +12,8 @@ use crate::call::handlers::EchoHandler;
 use crate::call::supervisor::CallSupervisor;
 use crate::config::Config;
 use crate::http::auth::TwilioAuth;
-use crate::http::{health, metrics, stream, stream_status, webhook, AppState};
+use crate::http::{health, metrics, socket, stream, stream_status, webhook, AppState};
 use crate::metrics::Metrics;
-
-/// The kernel's send buffer per connection. Left to autotuning it grows to `tcp_wmem`'s maximum
-/// (4 MiB on common kernels) for a peer that does not read, memory the container is charged
-/// for; 64 KiB (the kernel doubles it) carries a call's ~11 KB/s many times over, even across
-/// the Atlantic, and lets back-pressure reach the call's own bounded queue early.
-const SOCKET_SEND_BUFFER: usize = 64 * 1024;
-/// A connection whose peer acknowledges nothing (or advertises a zero window) for this long is
-/// aborted by the kernel (TCP_USER_TIMEOUT). A call's actor has long given up on such a peer by
-/// then; this also ends the connection underneath, which would otherwise stay open as long as the
-/// peer liked, its incoming bytes read and thrown away.
-const PEER_STALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Per-connection socket options (see the constants above); a failure only costs the bound.
-fn tune_socket(io: &dyn std::any::Any) {
-    let Some(stream) = io.downcast_ref::<actix_web::rt::net::TcpStream>() else {
-        return;
-    };
-    let socket = socket2::SockRef::from(stream);
-    if let Err(e) = socket
-        .set_send_buffer_size(SOCKET_SEND_BUFFER)
-        .and_then(|()| socket.set_tcp_user_timeout(Some(PEER_STALL_TIMEOUT)))
-    {
-        log::debug!("socket options not set: {e}");
-    }
-}
 
 /// A bound, not yet running server.
 pub struct Application {
@@ -100,7 +74,7 @@ impl Application {
         // A 20 ms audio frame must leave at once: Nagle's algorithm would hold a small write
         // until the previous one is acknowledged, which delayed ACKs stretch to ~40 ms.
         .tcp_nodelay(true)
-        .on_connect(|io, _| tune_socket(io))
+        .on_connect(|io, _| socket::tune(io))
         // Signals belong to the drain (src/drain.rs), not to actix's own graceful stop.
         .disable_signals()
         // After a drain only closing sockets remain: give them time to flush their close frames.

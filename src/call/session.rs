@@ -6,14 +6,19 @@
 //! call's [`CallSlot`] is a field, so the slot is released when the actor stops, whatever
 //! stopped it.
 
+use std::cell::RefCell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix::fut::ActorFuture;
 use actix::prelude::*;
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message, ProtocolError};
+use actix_ws::{
+    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message, ProtocolError,
+};
 use base64::Engine;
+use futures_util::Stream;
 
 use crate::call::handler::{CallHandler, HandlerError, MediaChunk, Outbox};
 use crate::call::outbound::OutboundQueue;
@@ -28,6 +33,7 @@ macro_rules! call_log {
         log::log!(log::Level::$level, call_sid = call_sid, stream_sid = stream_sid; $($fmt)+);
     }};
 }
+use crate::http::socket::PEER_STALL_TIMEOUT;
 use crate::twilio::signature::{unix_now, StreamTokens, STREAM_TOKEN_PARAM};
 
 /// The largest frame a stream may send; Twilio's are well under 1 KiB.
@@ -36,6 +42,8 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The same for a peer already known not to read: its close frame will not get through either.
 const STALLED_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a parked inbound side outlives the kernel's cut (see `park_inbound`).
+const PARKED_MARGIN: Duration = Duration::from_secs(5);
 /// DTMF digits kept for the end-of-call log; a flood of `dtmf` events must not grow memory.
 const MAX_DTMF_LOG: usize = 64;
 
@@ -113,8 +121,9 @@ pub struct CallSession {
     ending: Option<(EndReason, u16)>,
     /// Frames on their way to the socket, bounded in bytes; [`FlushOutbound`] drains it.
     outbound: Outbound,
-    /// The ws stream is taken by `started` to attach it to the context.
-    inbound: Option<actix_ws::MessageStream>,
+    /// The socket's inbound frames; the context polls them through [`Inbound`]. Shared so that
+    /// a peer closed for not reading can be set aside unread (see [`CallSession::park_inbound`]).
+    inbound: Rc<RefCell<Option<AggregatedMessageStream>>>,
     /// For the idle timeout; refreshed on every inbound frame.
     last_rx: Instant,
     opened: Instant,
@@ -149,7 +158,12 @@ impl CallSession {
             phase: Phase::AwaitingStart,
             ending: None,
             outbound: OutboundQueue::new(ws, settings.outbound_cap),
-            inbound: Some(inbound),
+            inbound: Rc::new(RefCell::new(Some(
+                inbound
+                    .max_frame_size(MAX_FRAME_BYTES)
+                    .aggregate_continuations()
+                    .max_continuation_size(MAX_FRAME_BYTES),
+            ))),
             last_rx: Instant::now(),
             opened: Instant::now(),
             audio_buf: Vec::with_capacity(256),
@@ -217,6 +231,21 @@ impl CallSession {
             cap / 1024
         );
         self.close(ctx, EndReason::NotReading, 1008, "not reading");
+        self.park_inbound();
+    }
+
+    /// Stops reading a peer that does not read, and keeps its inbound side unread beyond this
+    /// actor's life. Dropping it would put the HTTP layer into discard mode, reading the flood
+    /// for as long as the peer sends it; unread, the peer's sends stall, and the kernel cuts the
+    /// connection after `PEER_STALL_TIMEOUT` (TCP_USER_TIMEOUT). The parked stream holds at
+    /// most the HTTP layer's 32 KiB read buffer.
+    fn park_inbound(&mut self) {
+        if let Some(stream) = self.inbound.borrow_mut().take() {
+            actix_web::rt::spawn(async move {
+                actix_web::rt::time::sleep(PEER_STALL_TIMEOUT + PARKED_MARGIN).await;
+                drop(stream);
+            });
+        }
     }
 
     fn protocol_error(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
@@ -352,14 +381,7 @@ impl Actor for CallSession {
             session: ctx.address().recipient(),
         });
         ctx.spawn(FlushOutbound);
-        if let Some(inbound) = self.inbound.take() {
-            ctx.add_stream(
-                inbound
-                    .max_frame_size(MAX_FRAME_BYTES)
-                    .aggregate_continuations()
-                    .max_continuation_size(MAX_FRAME_BYTES),
-            );
-        }
+        ctx.add_stream(Inbound(self.inbound.clone()));
         let start_timeout = self.settings.start_timeout;
         ctx.run_later(start_timeout, move |act, ctx| {
             if matches!(act.phase, Phase::AwaitingStart) {
@@ -464,6 +486,25 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for CallSession {
     fn finished(&mut self, ctx: &mut Self::Context) {
         // The connection is gone: no close frame can be sent anymore.
         ctx.stop();
+    }
+}
+
+/// The call's inbound frames, read through the shared cell; once the stream is parked the
+/// actor hears nothing more from the socket.
+struct Inbound(Rc<RefCell<Option<AggregatedMessageStream>>>);
+
+impl Stream for Inbound {
+    type Item = Result<AggregatedMessage, ProtocolError>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        match self.0.borrow_mut().as_mut() {
+            Some(stream) => Pin::new(stream).poll_next(cx),
+            // Parked: the actor is closing and stops on its own timer.
+            None => Poll::Pending,
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod health;
 pub mod metrics;
+pub mod socket;
 pub mod stream;
 pub mod stream_status;
 pub mod webhook;
