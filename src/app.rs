@@ -38,7 +38,7 @@ impl Application {
         let supervisor = CallSupervisor::new(config.limit_concurrency, metrics.clone()).start();
         let auth = config
             .twilio_auth_token
-            .as_deref()
+            .as_ref()
             .map(|token| Arc::new(TwilioAuth::new(token)));
         if auth.is_none() {
             log::warn!(

@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use secrecy::SecretString;
+
 use crate::logging::LogFormat;
 
 pub const ENV_PORT: &str = "PORT";
@@ -44,8 +46,9 @@ pub const ENV_OUTBOUND_BUFFER_KIB: &str = "OUTBOUND_BUFFER_KIB";
 /// JSON): a whole spoken answer an agent sends faster than real time fits with room to spare.
 pub const DEFAULT_OUTBOUND_BUFFER_KIB: usize = 1024;
 
-/// The effective configuration of one replica.
-#[derive(Clone, Debug, PartialEq)]
+/// The effective configuration of one replica. Secrets are [`SecretString`]s: neither `Debug`
+/// nor the startup line (`Display`) can print them.
+#[derive(Clone, Debug)]
 pub struct Config {
     pub host: IpAddr,
     /// 0 asks the OS for a free port (tests).
@@ -68,7 +71,7 @@ pub struct Config {
     /// `text` (default) or `json`: one JSON object per log line.
     pub log_format: LogFormat,
     /// The Twilio account's auth token; when set, every Twilio request must be signed with it.
-    pub twilio_auth_token: Option<String>,
+    pub twilio_auth_token: Option<SecretString>,
     /// Bytes of frames one call may have queued for its socket before it is closed 1008.
     pub outbound_buffer_bytes: usize,
 }
@@ -181,7 +184,8 @@ impl Config {
             Some("json") => LogFormat::Json,
             _ => LogFormat::Text,
         };
-        let twilio_auth_token = get(ENV_TWILIO_AUTH_TOKEN).map(|t| t.trim().to_string());
+        let twilio_auth_token =
+            get(ENV_TWILIO_AUTH_TOKEN).map(|t| SecretString::from(t.trim().to_string()));
         let outbound_buffer_bytes = parse(
             ENV_OUTBOUND_BUFFER_KIB,
             "a whole number of KiB from 4 to 1048576",
@@ -334,11 +338,18 @@ mod tests {
     }
 
     #[test]
-    fn the_auth_token_never_shows_in_the_startup_line() {
+    fn the_auth_token_never_shows_in_the_startup_line_nor_in_debug_output() {
+        use secrecy::ExposeSecret;
         let c = parse(&[("TWILIO_AUTH_TOKEN", "s3cr3t-token")]).unwrap();
-        assert_eq!(c.twilio_auth_token.as_deref(), Some("s3cr3t-token"));
+        assert_eq!(
+            c.twilio_auth_token.as_ref().map(|t| t.expose_secret()),
+            Some("s3cr3t-token")
+        );
         let line = c.to_string();
         assert!(!line.contains("s3cr3t"), "{line}");
+        let debug = format!("{c:?} {c:#?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        assert!(debug.contains("twilio_auth_token: Some("), "{debug}");
         assert!(line.contains("auth=twilio-signature"), "{line}");
         assert!(parse(&[]).unwrap().to_string().contains("auth=disabled"));
     }

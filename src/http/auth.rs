@@ -4,6 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::http::{public_base_url, websocket_base, AppState};
 use crate::twilio::signature::{self, StreamTokens};
@@ -14,15 +15,15 @@ pub const STREAM_TOKEN_TTL_SECS: u64 = 300;
 
 /// The secrets of an authenticated deployment.
 pub struct TwilioAuth {
-    auth_token: String,
+    auth_token: SecretString,
     pub tokens: StreamTokens,
 }
 
 impl TwilioAuth {
-    pub fn new(auth_token: &str) -> Self {
+    pub fn new(auth_token: &SecretString) -> Self {
         TwilioAuth {
-            auth_token: auth_token.to_string(),
-            tokens: StreamTokens::new(auth_token),
+            tokens: StreamTokens::new(auth_token.expose_secret()),
+            auth_token: auth_token.clone(),
         }
     }
 }
@@ -90,7 +91,9 @@ fn check(
         .and_then(|v| v.to_str().ok());
     let error = match header {
         None => AuthError::Missing,
-        Some(sig) if signature::verify(&auth.auth_token, url, params, sig) => return Ok(()),
+        Some(sig) if signature::verify(auth.auth_token.expose_secret(), url, params, sig) => {
+            return Ok(())
+        }
         Some(_) => AuthError::Invalid,
     };
     log::warn!(

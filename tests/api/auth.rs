@@ -227,3 +227,33 @@ async fn without_a_token_the_endpoints_are_open_and_say_so() {
     assert_eq!(status, 200);
     assert!(!xml.contains("streamToken"));
 }
+
+#[actix_web::test]
+async fn the_auth_token_never_reaches_the_log() {
+    let secret = "tok-9f8e7d6c5b4a";
+    let mut bin = spawn_binary(&[("TWILIO_AUTH_TOKEN", secret), ("RUST_LOG", "debug")]).await;
+    let line = bin.wait_for_log("starting:").await;
+    assert!(line.contains("auth=twilio-signature"), "{line}");
+    // A signed call goes through its whole life at debug level; no line may carry the token.
+    let params = call_params("CAsecret");
+    let url = format!("{}/incoming-call", bin.app.base);
+    let sig = sign(secret, &url, &owned(&params));
+    let mut resp = bin
+        .app
+        .client
+        .post(&url)
+        .insert_header(("X-Twilio-Signature", sig))
+        .send_form(&params)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.body().await;
+    bin.signal("TERM");
+    assert_eq!(bin.exit_code(PATIENCE).await, 0);
+    let leaked: Vec<String> = bin
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains(secret))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+}
