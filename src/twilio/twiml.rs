@@ -78,7 +78,11 @@ impl TwimlResponse {
     }
 }
 
-/// Escapes the five XML special characters, for text and attribute values alike.
+/// Escapes text for XML, for text and attribute values alike: the five special characters;
+/// tab, newline and carriage return as character references (an XML parser turns them into
+/// spaces in attribute values otherwise); and the characters XML 1.0 cannot carry at all (other
+/// control characters, U+FFFE, U+FFFF) as U+FFFD, so a stray byte in a caller's data can never
+/// make the whole document unreadable to Twilio.
 pub fn escape_into(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
@@ -87,6 +91,10 @@ pub fn escape_into(out: &mut String, s: &str) {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }
