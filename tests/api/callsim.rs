@@ -328,3 +328,69 @@ async fn marks_come_back_when_their_audio_has_played_or_was_cleared() {
         "`played` answered after {waited:?}, before its 500 ms of audio played"
     );
 }
+
+#[actix_web::test]
+async fn a_chaos_mix_gets_every_promised_close_and_leaves_no_slot_behind() {
+    // Never-start callers wait out the start timeout; everyone else sends `start` at once.
+    let app = spawn_app_with(|c| {
+        c.limit_concurrency = 200;
+        c.start_timeout = std::time::Duration::from_secs(5);
+    })
+    .await;
+    let (s, code) = callsim(
+        &app.base,
+        &[
+            "--chaos",
+            "--seed",
+            "1",
+            "--calls",
+            "60",
+            "--duration",
+            "2s",
+            "--ramp",
+            "1s",
+        ],
+    )
+    .await;
+    assert_eq!((code, &s["failed"]), (0, &Value::from(0)), "{s:#}");
+    assert_eq!(s["seed"], 1);
+    // Seed 1 draws every kind in 60 calls; each one went as the protocol promises, and the
+    // callers that stream audio got every frame back.
+    let chaos = s["chaos"].as_object().unwrap();
+    for kind in [
+        "normal",
+        "slow_reader",
+        "duplicate",
+        "reset",
+        "garbage",
+        "binary",
+        "oversized",
+        "never_start",
+    ] {
+        let t = &chaos[kind];
+        assert!(t["calls"].as_u64().unwrap() > 0, "no {kind} call: {s:#}");
+        assert_eq!(t["as_expected"], t["calls"], "{kind}: {t}");
+        assert_eq!(t["frames_lost"], 0, "{kind}: {t}");
+    }
+    // The server's books balance: every stream it admitted ended (resets and garbage included).
+    let health = app.wait_for_active(0).await;
+    assert_eq!(
+        health["calls_admitted"], health["calls_completed"],
+        "{health}"
+    );
+    assert_eq!(health["calls_rejected"], 0, "{health}");
+    let m = scrape(&app).await;
+    let ended = |reason: &str| {
+        m.get(&format!("callvisor_calls_ended_total{{reason={reason}}}"))
+            .copied()
+            .unwrap_or(0.0) as u64
+    };
+    let count = |kind: &str| chaos[kind]["calls"].as_u64().unwrap();
+    assert_eq!(ended("superseded"), count("duplicate"));
+    assert_eq!(ended("start_timeout"), count("never_start"));
+    assert_eq!(
+        ended("protocol_error"),
+        count("garbage") + count("binary") + count("oversized")
+    );
+    assert_eq!(ended("client_gone"), count("reset"));
+}

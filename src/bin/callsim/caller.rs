@@ -20,6 +20,7 @@ use callvisor::twilio::messages::{MediaFormat, Start, Stop, TwilioFrame};
 use callvisor::twilio::signature::sign;
 use callvisor::twilio::twiml::{self, StreamTarget, Verb};
 
+use crate::chaos::{self, Kind, Plan};
 use crate::report::{micros, CallRecord, Outcome, Stats};
 
 /// Twilio follows at most this many `<Redirect>`s in one call.
@@ -37,6 +38,8 @@ const MAX_IN_FLIGHT: usize = 500;
 /// What every call of a run shares.
 pub struct Ctx {
     pub client: awc::Client,
+    /// Sockets that close with a reset (SO_LINGER 0), for `--chaos` callers that vanish.
+    pub resetting_client: awc::Client,
     pub webhook_url: String,
     pub auth_token: Option<String>,
     pub account_sid: String,
@@ -66,10 +69,12 @@ struct CallState {
     hang_up_at: Option<Instant>,
     /// Set when a hand-off closed a stream, until the next stream echoes audio.
     handoff_started: Option<Instant>,
+    /// `--chaos`: how this caller misbehaves.
+    plan: Option<Plan>,
 }
 
 /// Runs one call to its end.
-pub async fn run(ctx: &Ctx, call_sid: String) -> CallRecord {
+pub async fn run(ctx: &Ctx, call_sid: String, plan: Option<Plan>) -> CallRecord {
     let mut call = CallState {
         record: CallRecord {
             call_sid,
@@ -83,9 +88,11 @@ pub async fn run(ctx: &Ctx, call_sid: String) -> CallRecord {
             frames_lost_at_close: 0,
             said: None,
             stream_ends: Vec::new(),
+            chaos: plan.map(|p| p.kind),
         },
         hang_up_at: None,
         handoff_started: None,
+        plan,
     };
     let (outcome, reason) = run_twiml(ctx, &mut call).await;
     call.record.outcome = outcome;
@@ -104,20 +111,24 @@ async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>)
         };
         for verb in verbs {
             match verb {
-                Verb::ConnectStream(target) => match stream_leg(ctx, call, &target).await {
-                    LegEnd::HungUp => return (Outcome::Connected, None),
-                    LegEnd::Closed(end) | LegEnd::Refused(end) => {
-                        if end == "1001 handoff" {
-                            call.record.handoffs += 1;
-                            call.handoff_started = Some(Instant::now());
+                Verb::ConnectStream(target) => {
+                    match chaos_or_stream_leg(ctx, call, &target).await {
+                        Err(reason) => return (Outcome::Failed, Some(reason)),
+                        Ok(None) => return (Outcome::Connected, None),
+                        Ok(Some(LegEnd::HungUp)) => return (Outcome::Connected, None),
+                        Ok(Some(LegEnd::Closed(end) | LegEnd::Refused(end))) => {
+                            if end == "1001 handoff" {
+                                call.record.handoffs += 1;
+                                call.handoff_started = Some(Instant::now());
+                            }
+                            call.record.stream_ends.push(end);
                         }
-                        call.record.stream_ends.push(end);
+                        Ok(Some(LegEnd::Broken(reason))) => {
+                            call.record.stream_ends.push("broken".into());
+                            return (Outcome::Failed, Some(reason));
+                        }
                     }
-                    LegEnd::Broken(reason) => {
-                        call.record.stream_ends.push("broken".into());
-                        return (Outcome::Failed, Some(reason));
-                    }
-                },
+                }
                 Verb::Redirect {
                     url: next,
                     method: next_method,
@@ -255,7 +266,34 @@ pub fn resolve(base: &str, next: &str) -> String {
     format!("{scheme}://{host}{dir}{next}")
 }
 
-type Ws = Framed<BoxedSocket, Codec>;
+pub type Ws = Framed<BoxedSocket, Codec>;
+
+/// A `<Stream>` as this caller runs it: a normal leg, or (`--chaos`) a misbehaving stream
+/// (`Ok(None)`: the server answered as promised) or a duplicate's two streams.
+async fn chaos_or_stream_leg(
+    ctx: &Ctx,
+    call: &mut CallState,
+    target: &StreamTarget,
+) -> Result<Option<LegEnd>, String> {
+    let Some(plan) = call.plan else {
+        return Ok(Some(stream_leg(ctx, call, target).await));
+    };
+    if !plan.kind.carries_audio() {
+        return chaos::misbehave(ctx, &call.record.call_sid, target, &plan)
+            .await
+            .map(|()| None);
+    }
+    if plan.kind == Kind::Duplicate && call.record.streams == 0 {
+        let first = chaos::first_of_duplicate(ctx, &call.record.call_sid, target).await?;
+        let (superseded, end) = futures_util::join!(
+            chaos::expect_superseded(first),
+            stream_leg(ctx, call, target)
+        );
+        superseded?;
+        return Ok(Some(end));
+    }
+    Ok(Some(stream_leg(ctx, call, target).await))
+}
 
 /// Opens the `<Stream>` and plays the caller's side until the stream or the call ends.
 async fn stream_leg(ctx: &Ctx, call: &mut CallState, target: &StreamTarget) -> LegEnd {
@@ -343,10 +381,21 @@ impl<'a> Leg<'a> {
         let mut ticks = tokio::time::interval(FRAME_INTERVAL);
         let mut chunk: u32 = 0;
         let mut stop_sent: Option<Instant> = None;
+        // `--chaos` slow readers stop reading for a while (sending goes on), then catch up.
+        let opened = Instant::now();
+        let pause = self
+            .call
+            .plan
+            .filter(|p| p.kind == Kind::SlowReader)
+            .map(|p| (opened + p.pause_after, opened + p.pause_after + p.pause));
         loop {
+            let reading = pause.is_none_or(|(from, to)| {
+                let now = Instant::now();
+                now < from || now >= to
+            });
             tokio::select! {
                 biased;
-                frame = ws.next() => {
+                frame = ws.next(), if reading => {
                     let frame = match frame {
                         Some(Ok(frame)) => frame,
                         // A reset socket (the replica died) reads as an I/O error.
@@ -399,6 +448,8 @@ impl<'a> Leg<'a> {
                         return end;
                     }
                 }
+                // Wakes the loop when a slow reader's pause ends (the ticks stop after `stop`).
+                _ = sleep_until(pause.map_or_else(Instant::now, |(_, to)| to)), if !reading => {}
                 _ = sleep_until(stop_sent.unwrap_or_else(Instant::now) + STOP_GRACE), if stop_sent.is_some() => {
                     // The server never closed after `stop`; hang up anyway.
                     let _ = ws.send(Message::Close(Some(CloseCode::Normal.into()))).await;
@@ -504,7 +555,10 @@ impl<'a> Leg<'a> {
                         self.in_flight.pop_front();
                     }
                     if let Some((_, sent)) = self.in_flight.front().filter(|(c, _)| *c == chunk) {
-                        stats.rtt_us.saturating_record(micros(now - *sent));
+                        // A slow reader's own pause is not the server's round trip.
+                        if self.call.plan.is_none_or(|p| p.kind != Kind::SlowReader) {
+                            stats.rtt_us.saturating_record(micros(now - *sent));
+                        }
                         self.in_flight.pop_front();
                     }
                 }

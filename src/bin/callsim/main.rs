@@ -12,6 +12,7 @@
 //! Single-threaded on purpose: one core, no locks; pin it with `taskset` for benchmarks.
 
 mod caller;
+mod chaos;
 mod net;
 mod report;
 
@@ -64,6 +65,15 @@ struct Args {
     /// Print the summary as JSON on stdout (the progress bar stays on stderr, when it is a TTY).
     #[arg(long)]
     json: bool,
+    /// A soak mix instead of normal calls: about half normal, the rest slow readers, duplicate
+    /// CallSids, TCP resets mid-frame, garbage, binary and oversized frames, streams that never
+    /// start. Each misbehaving call must get the close code the protocol promises.
+    #[arg(long)]
+    chaos: bool,
+    /// The seed of the `--chaos` mix (default: a random one, printed; the same seed replays
+    /// the same mix).
+    #[arg(long, requires = "chaos")]
+    seed: Option<u64>,
 }
 
 fn parse_target(s: &str) -> Result<String, String> {
@@ -111,10 +121,20 @@ async fn run(args: Args) -> ExitCode {
         Ok(_) => {}
         Err(e) => eprintln!("callsim: warning: could not raise the open files limit: {e}"),
     }
-    let client = net::client(args.timeout);
+    let client = net::client(args.timeout, false);
+    let resetting_client = net::client(args.timeout, true);
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    if args.chaos {
+        eprintln!("callsim: chaos seed {seed} (replay with --chaos --seed {seed})");
+    }
     let stats = Rc::new(RefCell::new(Stats::default()));
     let ctx = Rc::new(Ctx {
         client,
+        resetting_client,
         webhook_url: format!("{}{}", args.target, args.webhook_path),
         auth_token: args.auth_token.clone(),
         account_sid: format!("AC{:032x}", 0x0ca1_1517_u128),
@@ -135,10 +155,13 @@ async fn run(args: Args) -> ExitCode {
         let ctx = ctx.clone();
         let start_at = started + args.ramp.mul_f64(i as f64 / args.calls.max(1) as f64);
         let call_sid = format!("CA{run_id:016x}{i:016x}");
+        let plan = args
+            .chaos
+            .then(|| chaos::Plan::draw(&mut chaos::Rng::for_call(seed, i)));
         calls.push(actix_web::rt::spawn(async move {
             tokio::time::sleep_until(start_at).await;
             ctx.stats.borrow_mut().live_calls += 1;
-            let record = caller::run(&ctx, call_sid).await;
+            let record = caller::run(&ctx, call_sid, plan).await;
             let mut stats = ctx.stats.borrow_mut();
             stats.live_calls -= 1;
             stats.records.push(record);
@@ -169,7 +192,7 @@ async fn run(args: Args) -> ExitCode {
     ticker.abort();
     progress.finish_and_clear();
 
-    let summary = Summary::new(
+    let mut summary = Summary::new(
         &stats.borrow(),
         &args.target,
         args.calls,
@@ -177,6 +200,9 @@ async fn run(args: Args) -> ExitCode {
         args.ramp,
         started.elapsed(),
     );
+    if args.chaos {
+        summary = summary.with_chaos(seed);
+    }
     if interrupted {
         eprintln!(
             "callsim: interrupted with {} calls still live: outcomes and frame counts cover the {} \

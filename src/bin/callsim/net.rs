@@ -13,9 +13,13 @@ use awc::http::Uri;
 use futures_util::future::LocalBoxFuture;
 use tokio::net::TcpStream;
 
-/// The default TCP connector, setting TCP_NODELAY on every socket it opens.
+/// The default TCP connector, setting TCP_NODELAY on every socket it opens, and SO_LINGER 0
+/// when `reset` is set (dropping such a socket resets the connection instead of closing it).
 #[derive(Clone, Default)]
-struct NoDelay(ConnectorService);
+struct NoDelay {
+    inner: ConnectorService,
+    reset: bool,
+}
 
 impl Service<ConnectInfo<Uri>> for NoDelay {
     type Response = Connection<Uri, TcpStream>;
@@ -23,27 +27,36 @@ impl Service<ConnectInfo<Uri>> for NoDelay {
     type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Service::<ConnectInfo<Uri>>::poll_ready(&self.0, cx)
+        Service::<ConnectInfo<Uri>>::poll_ready(&self.inner, cx)
     }
 
     fn call(&self, req: ConnectInfo<Uri>) -> Self::Future {
-        let connecting = self.0.call(req);
+        let connecting = self.inner.call(req);
+        let reset = self.reset;
         Box::pin(async move {
             let connection = connecting.await?;
             connection
                 .io_ref()
                 .set_nodelay(true)
                 .map_err(ConnectError::Io)?;
+            if reset {
+                socket2::SockRef::from(connection.io_ref())
+                    .set_linger(Some(Duration::ZERO))
+                    .map_err(ConnectError::Io)?;
+            }
             Ok(connection)
         })
     }
 }
 
-pub fn client(timeout: Duration) -> awc::Client {
+pub fn client(timeout: Duration, reset: bool) -> awc::Client {
     awc::Client::builder()
         .connector(
             awc::Connector::new()
-                .connector(NoDelay::default())
+                .connector(NoDelay {
+                    reset,
+                    ..NoDelay::default()
+                })
                 // No pool limit: every live call holds a stream connection.
                 .limit(0)
                 .timeout(timeout),

@@ -41,6 +41,9 @@ pub struct CallRecord {
     pub said: Option<String>,
     /// How each stream leg ended on the server's side (`1013 at capacity`, `HTTP 403`...).
     pub stream_ends: Vec<String>,
+    /// `--chaos`: what this caller did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<crate::chaos::Kind>,
 }
 
 /// Shared by every call task of the (single-threaded) simulator.
@@ -146,6 +149,11 @@ pub struct Summary {
     pub send_lag_ms: Option<Percentiles>,
     pub webhook_ms: Option<Percentiles>,
     pub handoff_gap_ms: Option<Percentiles>,
+    /// `--chaos`: the seed (replay with `--seed`) and, per kind, how the calls went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<BTreeMap<crate::chaos::Kind, crate::chaos::Tally>>,
     /// Every call, in the order they finished.
     pub call_records: Vec<CallRecord>,
 }
@@ -205,8 +213,17 @@ impl Summary {
             send_lag_ms: Percentiles::of(&stats.lag_us),
             webhook_ms: Percentiles::of(&stats.webhook_us),
             handoff_gap_ms: Percentiles::of(&stats.handoff_gap_us),
+            seed: None,
+            chaos: None,
             call_records: records.clone(),
         }
+    }
+
+    /// Adds the `--chaos` tallies.
+    pub fn with_chaos(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self.chaos = Some(crate::chaos::tally(&self.call_records));
+        self
     }
 
     /// The table printed at the end of a run.
@@ -281,6 +298,26 @@ impl Summary {
         row("send lag", p(&self.send_lag_ms));
         row("webhook", p(&self.webhook_ms));
         row("hand-off gap", p(&self.handoff_gap_ms));
+        if let (Some(seed), Some(chaos)) = (self.seed, &self.chaos) {
+            row(
+                "chaos seed",
+                format!("{seed} (replay with --chaos --seed {seed})"),
+            );
+            for (kind, t) in chaos {
+                let audio = if kind.carries_audio() {
+                    format!(", {} frames sent, {} lost", t.frames_sent, t.frames_lost)
+                } else {
+                    String::new()
+                };
+                row(
+                    "",
+                    format!(
+                        "{kind:?}: {} calls, {} as expected{audio}",
+                        t.calls, t.as_expected
+                    ),
+                );
+            }
+        }
         if !self.stream_ends.is_empty() {
             let ends = self
                 .stream_ends
@@ -311,6 +348,7 @@ mod tests {
             frames_lost_at_close: if outcome == Outcome::Connected { 0 } else { 3 },
             said: None,
             stream_ends: vec!["1000 stop".into()],
+            chaos: None,
         }
     }
 
