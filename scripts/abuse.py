@@ -19,51 +19,15 @@ flood); its latency check is reported but not judged, because CI's machine is sh
 """
 
 import argparse
+import base64
 import json
 import os
-import re
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import base64
-import http.client
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * PAGE_KIB
-
-
-def get(port, path):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
-
-
-def health(port):
-    return json.loads(get(port, "/")[1])
-
-
-def metric(port, name, labels=""):
-    _, body = get(port, "/metrics")
-    m = re.search(rf"^{re.escape(name)}(\{{{re.escape(labels)}\}})? (\S+)$", body, re.M)
-    return float(m.group(2)) if m else 0.0
+from harness import SERVER, Server, callsim, health, metric, report, rss_kib
 
 
 def ws_frame(text):
@@ -159,8 +123,7 @@ def main():
     ap.add_argument("--honest", type=int, default=100)
     ap.add_argument("--duration", type=int, default=50, help="length of each honest call, s")
     ap.add_argument("--flood-secs", type=int, default=30, help="how long each flooder tries")
-    ap.add_argument("--server", default=os.path.join(ROOT, "target", "release", "callvisor"))
-    ap.add_argument("--callsim", default=os.path.join(ROOT, "target", "release", "callsim"))
+    ap.add_argument("--server", default=SERVER, help="the server binary (e.g. an older build)")
     ap.add_argument("--server-core", default="0")
     ap.add_argument("--client-core", default="1")
     ap.add_argument("--short", action="store_true", help="CI: 30 honest calls of 40 s")
@@ -169,34 +132,17 @@ def main():
     if args.short:
         args.honest, args.duration, args.flood_secs = 30, 40, 25
 
-    port = free_port()
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PORT": str(port), "HOST": "127.0.0.1", "WORKERS": "1",
         "LIMIT_CONCURRENCY": str(args.honest + args.flooders + 10),
-        "IDLE_TIMEOUT_SECS": "30", "RUST_LOG": "warn",
+        "IDLE_TIMEOUT_SECS": "30",
+        "RUST_LOG": "warn",
     }
     env.update(kv.split("=", 1) for kv in args.env)
-    server = subprocess.Popen(
-        ["taskset", "-c", args.server_core, args.server], env=env, cwd=tempfile.gettempdir(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    log_lines = []
-    threading.Thread(target=lambda: log_lines.extend(server.stderr), daemon=True).start()
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            health(port)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                sys.exit("server did not start")
-            time.sleep(0.01)
-
-    sim = subprocess.Popen(
-        ["taskset", "-c", args.client_core, args.callsim, "--target", f"http://127.0.0.1:{port}",
-         "--calls", str(args.honest), "--duration", f"{args.duration}s", "--ramp", "2s", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    server = Server(args.server_core, env, args.server)
+    port = server.port
+    sim = callsim(
+        args.client_core, port,
+        ["--calls", str(args.honest), "--duration", f"{args.duration}s", "--ramp", "2s"],
     )
     deadline = time.monotonic() + 20
     while health(port)["active_calls"] < args.honest:
@@ -233,8 +179,7 @@ def main():
     out, _ = sim.communicate(timeout=args.duration + 60)
     s = json.loads(out)
     final = health(port)
-    server.terminate()
-    server.wait(timeout=30)
+    server.stop()
 
     peak_growth = (sampler.peak - base) / 1024
     settle_delta = (after - base) / 1024
@@ -274,14 +219,9 @@ def main():
         print(f"INFO {latency[0]}: {latency[2]} (not judged in --short: shared CI machine)")
     else:
         checks.append(latency)
-    panics = [l for l in log_lines if "panicked" in l or " ERROR " in l]
-    checks.append(("no panic or ERROR in the server log", not panics, panics[0].strip() if panics else "none"))
-    failed = 0
-    for name, ok, detail in checks:
-        print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
-        failed += not ok
-    print(f"abuse: {len(checks) - failed} passed, {failed} failed")
-    return failed
+    bad = server.bad_lines()
+    checks.append(("no panic or ERROR in the server log", not bad, bad[0] if bad else "none"))
+    return report(checks, "abuse")
 
 
 if __name__ == "__main__":
