@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -236,7 +235,10 @@ def main():
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--callsim-core", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    p.add_argument("--server", default=SERVER, help="the server binary (e.g. an older build, to compare)")
     args = p.parse_args()
+    global SERVER
+    SERVER = args.server
     if args.duration < args.ramp + 4:
         p.error("--duration must exceed --ramp by 4 s: the measuring window needs every call live")
     # This script's own requests come from the load generator's core, never the server's.

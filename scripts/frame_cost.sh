@@ -4,16 +4,20 @@
 # the benchmark's microseconds). Two runs of 10 calls, 2 s and 6 s; the difference divided by the
 # difference in frames leaves out start-up, webhooks and handshakes. Kernel time is not counted.
 # Needs valgrind (apt-get install -y valgrind). Takes about a minute.
+# CALLVISOR_BIN=path measures another server build (e.g. an older commit's) with the same callsim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked --profile profiling --bin callvisor
+if [ -z "${CALLVISOR_BIN:-}" ]; then
+  cargo build --locked --profile profiling --bin callvisor
+fi
+server=${CALLVISOR_BIN:-target/profiling/callvisor}
 cargo build --locked --release --bin callsim
 out=$(mktemp -d)
 run() { # seconds -> "frames instructions"
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   PORT=$port HOST=127.0.0.1 RUST_LOG=error WORKERS=1 valgrind --tool=callgrind \
-    --callgrind-out-file="$out/cg.$1" target/profiling/callvisor >"$out/log.$1" 2>&1 &
+    --callgrind-out-file="$out/cg.$1" "$server" >"$out/log.$1" 2>&1 &
   local pid=$!
   python3 - "$port" <<'PY'
 import socket, sys, time
