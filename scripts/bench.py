@@ -228,6 +228,7 @@ def fmt(v, spec):
 
 
 def main():
+    global SERVER
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("steps", nargs="*", type=int, default=[250, 500, 750, 1000, 1500, 2000])
     p.add_argument("--duration", type=float, default=30, help="seconds per call")
@@ -235,10 +236,10 @@ def main():
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--callsim-core", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
-    p.add_argument("--server", default=SERVER, help="the server binary (e.g. an older build, to compare)")
+    p.add_argument("--server", help="the server binary (default: this tree's release build)")
     args = p.parse_args()
-    global SERVER
-    SERVER = args.server
+    if args.server:
+        SERVER = os.path.abspath(args.server)
     if args.duration < args.ramp + 4:
         p.error("--duration must exceed --ramp by 4 s: the measuring window needs every call live")
     # This script's own requests come from the load generator's core, never the server's.

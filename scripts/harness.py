@@ -62,7 +62,7 @@ class Server:
         }
         full.update(env)
         self.proc = subprocess.Popen(
-            ["taskset", "-c", str(core), binary], env=full, cwd=tempfile.gettempdir(),
+            ["taskset", "-c", str(core), os.path.abspath(binary)], env=full, cwd=tempfile.gettempdir(),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self.pid = self.proc.pid
