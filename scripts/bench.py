@@ -17,23 +17,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVER = os.path.join(ROOT, "target", "release", "callvisor")
-CALLSIM = os.path.join(ROOT, "target", "release", "callsim")
+from harness import CALLSIM, SERVER, free_port, rss_kib
+
 TICK = os.sysconf("SC_CLK_TCK")
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid):
@@ -50,11 +41,6 @@ def steal_seconds(core):
             if line.startswith(f"cpu{core} "):
                 return int(line.split()[8]) / TICK
     return 0.0
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * PAGE_KIB
 
 
 def get(port, path, method="GET", body=None, headers=None):
