@@ -42,6 +42,10 @@ pub const DRAIN_MARGIN_SECS: u64 = 2;
 pub const ENV_LOG_FORMAT: &str = "LOG_FORMAT";
 pub const ENV_TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
 pub const ENV_OUTBOUND_BUFFER_KIB: &str = "OUTBOUND_BUFFER_KIB";
+pub const ENV_TWILIO_API_BASE_URL: &str = "TWILIO_API_BASE_URL";
+pub const ENV_TWILIO_ACCOUNT_SID: &str = "TWILIO_ACCOUNT_SID";
+pub const ENV_TWILIO_API_KEY_SID: &str = "TWILIO_API_KEY_SID";
+pub const ENV_TWILIO_API_KEY_SECRET: &str = "TWILIO_API_KEY_SECRET";
 /// 1 MiB holds about 95 s of Twilio media frames (8,000 bytes of mu-law a second, base64 in
 /// JSON): a whole spoken answer an agent sends faster than real time fits with room to spare.
 pub const DEFAULT_OUTBOUND_BUFFER_KIB: usize = 1024;
@@ -74,6 +78,12 @@ pub struct Config {
     pub twilio_auth_token: Option<SecretString>,
     /// Bytes of frames one call may have queued for its socket before it is closed 1008.
     pub outbound_buffer_bytes: usize,
+    /// Twilio's REST API (call control); tests point it at a fake.
+    pub twilio_api_base_url: String,
+    /// The account whose calls are controlled; `None`: each call's `start.accountSid`.
+    pub twilio_account_sid: Option<String>,
+    /// `TWILIO_API_KEY_SID` and `TWILIO_API_KEY_SECRET`, preferred over the auth token for REST.
+    pub twilio_api_key: Option<(String, SecretString)>,
 }
 
 /// A variable that is set to something this service cannot use.
@@ -196,12 +206,53 @@ impl Config {
         )?
         .map_or(DEFAULT_OUTBOUND_BUFFER_KIB, |v| v.parse().unwrap())
             * 1024;
+        let twilio_api_base_url = parse(
+            ENV_TWILIO_API_BASE_URL,
+            "an absolute http:// or https:// URL with a host and no query",
+            &|v| valid_base_url(v),
+        )?
+        .map_or_else(
+            || crate::twilio::rest::DEFAULT_API_BASE_URL.to_string(),
+            |v| v.trim_end_matches('/').to_string(),
+        );
+        let twilio_account_sid = parse(
+            ENV_TWILIO_ACCOUNT_SID,
+            "AC followed by 32 hex digits",
+            &|v| twilio_sid(v, "AC"),
+        )?;
+        let key_sid = parse(
+            ENV_TWILIO_API_KEY_SID,
+            "SK followed by 32 hex digits",
+            &|v| twilio_sid(v, "SK"),
+        )?;
+        let key_secret = get(ENV_TWILIO_API_KEY_SECRET).map(|v| v.trim().to_string());
+        let twilio_api_key = match (key_sid, key_secret) {
+            (Some(sid), Some(secret)) => Some((sid, SecretString::from(secret))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError {
+                    variable: ENV_TWILIO_API_KEY_SECRET,
+                    value: String::new(),
+                    expected: "to be set together with TWILIO_API_KEY_SID",
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError {
+                    variable: ENV_TWILIO_API_KEY_SID,
+                    value: String::new(),
+                    expected: "to be set together with TWILIO_API_KEY_SECRET",
+                })
+            }
+        };
 
         Ok(Config {
             log_format,
             drain_timeout,
             twilio_auth_token,
             outbound_buffer_bytes,
+            twilio_api_base_url,
+            twilio_account_sid,
+            twilio_api_key,
             host,
             port,
             limit_concurrency,
@@ -221,6 +272,20 @@ impl Config {
             "twilio-signature"
         } else {
             "disabled"
+        }
+    }
+
+    /// What Twilio's REST API (call control) authenticates with: the API key when set, else the
+    /// auth token; `None` when neither is set.
+    pub fn rest_credentials(&self) -> Option<crate::twilio::rest::Credentials> {
+        use crate::twilio::rest::Credentials;
+        match (&self.twilio_api_key, &self.twilio_auth_token) {
+            (Some((sid, secret)), _) => Some(Credentials::ApiKey {
+                sid: sid.clone(),
+                secret: secret.clone(),
+            }),
+            (None, Some(token)) => Some(Credentials::AuthToken(token.clone())),
+            (None, None) => None,
         }
     }
 
@@ -274,6 +339,12 @@ fn valid_base_url(v: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// `prefix` and 32 hex digits, as Twilio writes its SIDs.
+fn twilio_sid(v: &str, prefix: &str) -> bool {
+    v.strip_prefix(prefix)
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn hostname() -> Option<String> {
@@ -355,6 +426,44 @@ mod tests {
     }
 
     #[test]
+    fn rest_credentials_prefer_the_api_key_and_come_in_pairs() {
+        use crate::twilio::rest::Credentials;
+        let sk = "SK0123456789abcdef0123456789abcdef";
+        assert!(parse(&[]).unwrap().rest_credentials().is_none());
+        let c = parse(&[("TWILIO_AUTH_TOKEN", "tok")]).unwrap();
+        assert!(matches!(
+            c.rest_credentials(),
+            Some(Credentials::AuthToken(_))
+        ));
+        let c = parse(&[
+            ("TWILIO_AUTH_TOKEN", "tok"),
+            ("TWILIO_API_KEY_SID", sk),
+            ("TWILIO_API_KEY_SECRET", "key-s3cret"),
+        ])
+        .unwrap();
+        match c.rest_credentials() {
+            Some(Credentials::ApiKey { sid, .. }) => assert_eq!(sid, sk),
+            other => panic!("{other:?}"),
+        }
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("key-s3cret") && !debug.contains("tok\""),
+            "{debug}"
+        );
+        assert_eq!(
+            parse(&[("TWILIO_API_KEY_SID", sk)]).unwrap_err().variable,
+            "TWILIO_API_KEY_SECRET"
+        );
+        assert_eq!(
+            parse(&[("TWILIO_API_KEY_SECRET", "x")])
+                .unwrap_err()
+                .variable,
+            "TWILIO_API_KEY_SID"
+        );
+        assert_eq!(c.twilio_api_base_url, "https://api.twilio.com");
+    }
+
+    #[test]
     fn railway_domain_gives_the_public_url_unless_set() {
         let c = parse(&[("RAILWAY_PUBLIC_DOMAIN", "x.up.railway.app")]).unwrap();
         assert_eq!(c.public_url.as_deref(), Some("https://x.up.railway.app"));
@@ -382,6 +491,10 @@ mod tests {
             ("WORKERS", "0"),
             ("OUTBOUND_BUFFER_KIB", "2"),
             ("OUTBOUND_BUFFER_KIB", "lots"),
+            ("TWILIO_API_BASE_URL", "api.twilio.com"),
+            ("TWILIO_ACCOUNT_SID", "CA0123456789abcdef0123456789abcdef"),
+            ("TWILIO_ACCOUNT_SID", "AC123"),
+            ("TWILIO_API_KEY_SID", "SKnope"),
         ] {
             let err = parse(&[(var, value)]).unwrap_err();
             assert_eq!(err.variable, var);

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub call_duration: Histogram,
     /// `event`: stream-started, stream-stopped, stream-error (as Twilio names them).
     pub stream_status_events: Family<[(&'static str, String); 1], Counter>,
+    /// Twilio REST call updates; `action`: hangup, transfer, say_hangup; `outcome`: ok,
+    /// already_over (404: the call had ended), failed.
+    pub call_control: Family<[(&'static str, &'static str); 2], Counter>,
 }
 
 impl Default for Metrics {
@@ -64,6 +67,7 @@ impl Metrics {
         // 1 s .. ~4.5 h
         let call_duration = Histogram::new(exponential_buckets(1.0, 2.0, 15));
         let stream_status_events = Family::default();
+        let call_control = Family::default();
 
         let mut r = Registry::with_prefix("callvisor");
         r.register(
@@ -127,6 +131,11 @@ impl Metrics {
             "Twilio <Stream statusCallback> events, by event",
             stream_status_events.clone(),
         );
+        r.register(
+            "call_control",
+            "Twilio REST call updates (hang-up, transfer, say and hang up), by action and outcome",
+            call_control.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             calls_active,
@@ -142,6 +151,7 @@ impl Metrics {
             media_bytes_out,
             call_duration,
             stream_status_events,
+            call_control,
         }
     }
 

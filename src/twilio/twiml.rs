@@ -61,6 +61,14 @@ impl TwimlResponse {
         self
     }
 
+    /// `<Dial>number</Dial>`: connects the caller to `number` (a transfer).
+    pub fn dial(mut self, number: &str) -> Self {
+        self.body.push_str("<Dial>");
+        escape_into(&mut self.body, number);
+        self.body.push_str("</Dial>");
+        self
+    }
+
     pub fn hangup(mut self) -> Self {
         self.body.push_str("<Hangup/>");
         self

@@ -3,12 +3,14 @@
 mod auth;
 mod backpressure;
 mod bad_input;
+mod call_control;
 mod call_flow;
 mod callsim;
 mod capacity;
 mod config_errors;
 mod disconnects;
 mod drain;
+mod fake_twilio;
 mod helpers;
 mod observability;
 mod webhook;
