@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::http::auth::TwilioAuth;
 use crate::http::{health, metrics, socket, stream, stream_status, webhook, AppState};
 use crate::metrics::Metrics;
+use crate::twilio::rest::CallControl;
 
 /// A bound, not yet running server.
 pub struct Application {
@@ -45,7 +46,16 @@ impl Application {
                 "TWILIO_AUTH_TOKEN is not set: /incoming-call and /media-stream are open to anyone"
             );
         }
+        let control = config.rest_credentials().map(|credentials| {
+            CallControl::new(
+                &config.twilio_api_base_url,
+                credentials,
+                config.twilio_account_sid.clone(),
+                metrics.clone(),
+            )
+        });
         let state = AppState {
+            control,
             metrics,
             auth,
             config: Arc::new(config.clone()),

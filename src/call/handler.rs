@@ -1,12 +1,25 @@
-//! What a call does with its audio. The session drives a [`CallHandler`] with typed events; the
-//! handler answers through an [`Outbox`], which can only build the three frames Twilio accepts
-//! (`media`, `mark`, `clear`), always with the stream's own streamSid.
+//! What a call does: the contract between the call's actor ([`CallSession`]) and its app.
+//!
+//! The session drives a [`CallHandler`] with typed events, always inside the call's own actor, so
+//! an app needs no lock and can never touch another call. Every callback gets a [`Call`]: it can
+//! send Twilio the three frames Twilio accepts (`media`, `mark`, `clear`, always with the stream's
+//! own streamSid), open and use one upstream WebSocket (owned by the session; its events come
+//! back as [`CallHandler::on_upstream`], at any time, not only on an inbound frame), and end the
+//! call: hang up, transfer or say-and-hang-up through Twilio's REST API, or fail it over (close
+//! 1011, Twilio runs the `<Redirect>` to another replica). [`CallHandler::on_end`] tells the app
+//! how the call ended, exactly once, whatever ended it.
+//!
+//! [`CallSession`]: crate::call::session::CallSession
 
+use std::time::Duration;
+
+use actix_web::web::Bytes;
 use base64::Engine;
 use serde::Serialize;
 
 use crate::metrics::MediaCounts;
 use crate::twilio::messages::{ServerFrame, Start};
+use crate::twilio::rest::{CallUpdate, ControlOutcome};
 
 /// A handler gave up on its call; the session closes the stream with 1011.
 #[derive(Debug, thiserror::Error)]
@@ -20,47 +33,140 @@ pub struct MediaChunk<'a> {
     pub audio: &'a [u8],
 }
 
+/// What the app's upstream WebSocket did (see [`Call::connect_upstream`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamEvent {
+    /// The handshake succeeded: frames sent before this were queued and go out now.
+    Open,
+    Text(Bytes),
+    Binary(Bytes),
+    /// The upstream closed (its close frame's code, or 1006 when the connection just ended).
+    Closed {
+        code: u16,
+        reason: String,
+    },
+    /// It could not be reached (refused, handshake error, no answer within the timeout).
+    Failed(String),
+}
+
+/// How a call ended, as [`CallHandler::on_end`] hears it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallEnd {
+    /// The `reason` label of `callvisor_calls_ended_total` (`stop`, `client_gone`, `handoff`…).
+    pub reason: &'static str,
+    /// The close code of the Twilio stream (1006: the connection dropped without one).
+    pub code: u16,
+}
+
+impl CallEnd {
+    /// The replica handed the call over (drain): it goes on elsewhere with the same CallSid.
+    pub fn handed_off(&self) -> bool {
+        self.reason == "handoff"
+    }
+}
+
 /// The behaviour of one call. Every method but `on_media` has a do-nothing default.
 pub trait CallHandler: 'static {
-    fn on_start(&mut self, _start: &Start, _out: &mut Outbox<'_>) -> Result<(), HandlerError> {
+    /// Twilio's `start`: the call is live. Open the app's upstream here.
+    fn on_start(&mut self, _start: &Start, _call: &mut Call<'_>) -> Result<(), HandlerError> {
         Ok(())
     }
-    fn on_media(
-        &mut self,
-        media: &MediaChunk<'_>,
-        out: &mut Outbox<'_>,
-    ) -> Result<(), HandlerError>;
-    fn on_dtmf(&mut self, _digit: &str, _out: &mut Outbox<'_>) -> Result<(), HandlerError> {
+    fn on_media(&mut self, media: &MediaChunk<'_>, call: &mut Call<'_>)
+        -> Result<(), HandlerError>;
+    fn on_dtmf(&mut self, _digit: &str, _call: &mut Call<'_>) -> Result<(), HandlerError> {
         Ok(())
     }
     /// Twilio played (or cleared) the audio sent before the mark called `name`.
-    fn on_mark(&mut self, _name: &str, _out: &mut Outbox<'_>) -> Result<(), HandlerError> {
+    fn on_mark(&mut self, _name: &str, _call: &mut Call<'_>) -> Result<(), HandlerError> {
         Ok(())
     }
-    fn on_stop(&mut self) {}
+    /// The upstream opened by [`Call::connect_upstream`] did something.
+    fn on_upstream(
+        &mut self,
+        _event: UpstreamEvent,
+        _call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    /// A [`Call::transfer`] (or another REST update that leaves the call up) finished.
+    fn on_control(
+        &mut self,
+        _update: &CallUpdate,
+        _outcome: &ControlOutcome,
+        _call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    /// The call is ending, for whatever reason; called exactly once, and nothing is called after
+    /// it. Frames sent to the upstream here still go out before the upstream is closed.
+    fn on_end(&mut self, _end: &CallEnd, _call: &mut Call<'_>) {}
 }
 
 /// Builds a fresh handler for each admitted call.
 pub type HandlerFactory = std::sync::Arc<dyn Fn() -> Box<dyn CallHandler> + Send + Sync>;
 
-/// Outbound frames of one event, serialized and ready for the socket.
-pub struct Outbox<'a> {
-    stream_sid: &'a str,
-    frames: &'a mut Vec<String>,
-    counts: &'a mut MediaCounts,
+/// How an app wants its call to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndRequest {
+    /// Through Twilio's REST API, then the stream is closed 1000 `hangup`.
+    Control(CallUpdate),
+    /// Close the stream 1011 with this reason: Twilio runs the `<Redirect>`, another replica
+    /// takes the call (on the last try the caller hears the busy message).
+    FailOver(String),
 }
 
-impl<'a> Outbox<'a> {
+/// Where to open the upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// `ws://` or `wss://`.
+    pub url: String,
+    /// Extra handshake headers (`Authorization: Bearer …`); never logged.
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// What a callback asked of the session besides frames to Twilio; drained after each callback.
+#[derive(Default)]
+pub struct Requests {
+    pub upstream_out: Vec<actix_ws::Message>,
+    pub connect: Option<UpstreamRequest>,
+    /// Close the upstream with this code and reason once what is queued has gone.
+    pub close_upstream: Option<(u16, String)>,
+    pub end: Option<EndRequest>,
+}
+
+/// One callback's view of its call.
+pub struct Call<'a> {
+    stream_sid: &'a str,
+    call_sid: &'a str,
+    frames: &'a mut Vec<String>,
+    counts: &'a mut MediaCounts,
+    requests: &'a mut Requests,
+}
+
+impl<'a> Call<'a> {
     pub fn new(
         stream_sid: &'a str,
+        call_sid: &'a str,
         frames: &'a mut Vec<String>,
         counts: &'a mut MediaCounts,
+        requests: &'a mut Requests,
     ) -> Self {
-        Outbox {
+        Call {
             stream_sid,
+            call_sid,
             frames,
             counts,
+            requests,
         }
+    }
+
+    pub fn call_sid(&self) -> &str {
+        self.call_sid
+    }
+
+    pub fn stream_sid(&self) -> &str {
+        self.stream_sid
     }
 
     /// Sends audio that is already base64 mu-law 8 kHz (passed through, not re-encoded).
@@ -117,6 +223,54 @@ impl<'a> Outbox<'a> {
         self.frames
             .push(String::from_utf8(buf).expect("serde_json writes UTF-8"));
     }
+
+    /// Opens the app's upstream WebSocket; its events arrive as [`CallHandler::on_upstream`].
+    /// Frames sent before it is open wait in its bounded queue. One upstream per call.
+    pub fn connect_upstream(&mut self, request: UpstreamRequest) {
+        self.requests.connect = Some(request);
+    }
+
+    /// Sends a text frame to the upstream. The upstream's queue is bounded
+    /// (`OUTBOUND_BUFFER_KIB`): a frame past it is dropped and counted, not queued.
+    pub fn send_upstream_text(&mut self, text: String) {
+        self.requests
+            .upstream_out
+            .push(actix_ws::Message::Text(text.into()));
+    }
+
+    /// Closes the upstream with `code` once what is queued for it has gone (when the call ends
+    /// without this, the upstream gets 1000).
+    pub fn close_upstream(&mut self, code: u16, reason: &str) {
+        self.requests.close_upstream = Some((code, reason.to_string()));
+    }
+
+    /// Hangs the call up through Twilio's REST API, then closes the stream 1000 `hangup`.
+    pub fn hang_up(&mut self) {
+        self.end(EndRequest::Control(CallUpdate::HangUp));
+    }
+
+    /// Connects the caller to `to` (E.164) through Twilio's REST API (`<Dial>`); the stream ends.
+    pub fn transfer(&mut self, to: &str) {
+        self.end(EndRequest::Control(CallUpdate::Transfer { to: to.into() }));
+    }
+
+    /// Twilio says `text` to the caller and hangs up (REST), instead of leaving them in silence.
+    pub fn say_and_hang_up(&mut self, text: &str) {
+        self.end(EndRequest::Control(CallUpdate::SayAndHangUp {
+            text: text.into(),
+        }));
+    }
+
+    /// Closes the stream 1011 with `reason`: Twilio runs the `<Redirect>`, so another replica
+    /// (which may reach what this one could not) takes the call.
+    pub fn fail_over(&mut self, reason: &str) {
+        self.end(EndRequest::FailOver(reason.into()));
+    }
+
+    /// The first way to end a call that was asked for wins.
+    fn end(&mut self, request: EndRequest) {
+        self.requests.end.get_or_insert(request);
+    }
 }
 
 /// Bytes of a media frame's JSON around the streamSid and the payload.
@@ -143,7 +297,8 @@ mod tests {
     fn media_json(stream_sid: &str, payload: &str) -> String {
         let mut frames = Vec::new();
         let mut counts = MediaCounts::default();
-        Outbox::new(stream_sid, &mut frames, &mut counts).media_base64(payload);
+        let mut requests = Requests::default();
+        Call::new(stream_sid, "CA1", &mut frames, &mut counts, &mut requests).media_base64(payload);
         assert_eq!(frames.len(), 1);
         frames.pop().unwrap()
     }

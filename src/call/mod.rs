@@ -7,3 +7,4 @@ pub mod handlers;
 pub mod outbound;
 pub mod session;
 pub mod supervisor;
+pub mod upstream;

@@ -18,13 +18,17 @@ use actix_ws::{
     AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message, ProtocolError,
 };
 use base64::Engine;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
-use crate::call::handler::{CallHandler, HandlerError, MediaChunk, Outbox};
+use crate::call::handler::{
+    Call, CallEnd, CallHandler, EndRequest, HandlerError, MediaChunk, Requests, UpstreamEvent,
+};
 use crate::call::outbound::OutboundQueue;
 use crate::call::supervisor::{Attach, BindCall, CallSlot, CallSupervisor, CloseCall};
+use crate::call::upstream::{self, UpstreamInput, UpstreamQueue, UpstreamState};
 use crate::metrics::{MediaCounts, Metrics};
 use crate::twilio::messages::StreamEvent;
+use crate::twilio::rest::{CallControl, CallUpdate, ControlOutcome};
 
 /// Logs about this call, with its CallSid and StreamSid as structured fields.
 macro_rules! call_log {
@@ -54,8 +58,11 @@ pub struct SessionSettings {
     pub idle_timeout: Duration,
     /// When set, `start` must carry a stream token minted for its CallSid.
     pub tokens: Option<StreamTokens>,
-    /// Bytes of outbound frames a call may have waiting for its socket (`OUTBOUND_BUFFER_KIB`).
+    /// Bytes of outbound frames a call may have waiting for its socket (`OUTBOUND_BUFFER_KIB`),
+    /// on the Twilio side and on the app's upstream side alike.
     pub outbound_cap: usize,
+    /// Twilio's REST API, for apps that hang up or transfer; `None` without credentials.
+    pub control: Option<CallControl>,
 }
 
 /// Why a call ended; logged once at the end.
@@ -79,6 +86,13 @@ pub enum EndReason {
     HandedOff,
     /// The peer left `OUTBOUND_BUFFER_KIB` of our frames unread.
     NotReading,
+    /// The app hung up (or said a message and hung up) through Twilio's REST API.
+    HungUp,
+    /// The app transferred the call (`<Dial>` through REST).
+    Transferred,
+    /// The app gave the call up (its upstream is unavailable): closed 1011 so that Twilio
+    /// redirects it to another replica.
+    FailedOver,
 }
 
 impl EndReason {
@@ -96,6 +110,9 @@ impl EndReason {
             EndReason::Superseded => "superseded",
             EndReason::HandedOff => "handoff",
             EndReason::NotReading => "not_reading",
+            EndReason::HungUp => "hangup",
+            EndReason::Transferred => "transfer",
+            EndReason::FailedOver => "failed_over",
         }
     }
 }
@@ -119,6 +136,24 @@ pub struct CallSession {
     phase: Phase,
     /// Set once the session decided to close: later frames are ignored.
     ending: Option<(EndReason, u16)>,
+    /// The app has heard `on_end` (it hears it exactly once).
+    app_ended: bool,
+    /// The Twilio side has nothing more to send (its close is handed over, or it is gone).
+    twilio_done: bool,
+    /// The app's upstream: its bounded sending half, once open, and where it is.
+    upstream: Option<UpstreamQueue>,
+    upstream_state: UpstreamState,
+    /// Frames the app sent before the upstream opened (bounded like the queue).
+    upstream_pending: Vec<Message>,
+    upstream_pending_bytes: usize,
+    /// Frames to the upstream dropped because its queue was full (a slow upstream).
+    upstream_dropped: u64,
+    /// What the app's last callback asked for besides Twilio frames.
+    requests: Requests,
+    /// A REST update is in flight: later end requests are ignored.
+    controlling: bool,
+    /// `start.accountSid`, for REST call control.
+    account_sid: String,
     /// Frames on their way to the socket, bounded in bytes; [`FlushOutbound`] drains it.
     outbound: Outbound,
     /// The socket's inbound frames; the context polls them through [`Inbound`]. Shared so that
@@ -157,6 +192,16 @@ impl CallSession {
             handler,
             phase: Phase::AwaitingStart,
             ending: None,
+            app_ended: false,
+            twilio_done: false,
+            upstream: None,
+            upstream_state: UpstreamState::None,
+            upstream_pending: Vec::new(),
+            upstream_pending_bytes: 0,
+            upstream_dropped: 0,
+            requests: Requests::default(),
+            controlling: false,
+            account_sid: String::new(),
             outbound: OutboundQueue::new(ws, settings.outbound_cap),
             inbound: Rc::new(RefCell::new(Some(
                 inbound
@@ -198,6 +243,7 @@ impl CallSession {
         if why != EndReason::Stop {
             call_log!(self, Info, "closing {code} ({reason})");
         }
+        self.end_app(ctx, why, code);
         let stalled = why == EndReason::NotReading;
         // Frames queued for a peer that does not read are late audio: the close goes alone.
         self.outbound.close_with(
@@ -214,6 +260,67 @@ impl CallSession {
             CLOSE_GRACE
         };
         ctx.run_later(grace, |_, ctx| ctx.stop());
+    }
+
+    /// The Twilio socket is gone (no close frame can be sent): the app still hears the end and
+    /// its upstream is still closed properly before the actor stops.
+    fn twilio_gone(&mut self, ctx: &mut Context<Self>) {
+        if self.ending.is_none() {
+            self.ending = Some((EndReason::ClientGone, 1006));
+            self.end_app(ctx, EndReason::ClientGone, 1006);
+            ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+        }
+        self.twilio_done = true;
+        self.maybe_stop(ctx);
+    }
+
+    /// Tells the app how the call ended (once), sends what it queued for its upstream, and
+    /// closes the upstream (1000 unless the app chose a code).
+    fn end_app(&mut self, ctx: &mut Context<Self>, why: EndReason, code: u16) {
+        if self.app_ended {
+            return;
+        }
+        self.app_ended = true;
+        if matches!(self.phase, Phase::Streaming { .. }) {
+            let end = CallEnd {
+                reason: why.label(),
+                code,
+            };
+            let _ = self.dispatch(ctx, |h, call| {
+                h.on_end(&end, call);
+                Ok(())
+            });
+        }
+        let (code, reason) = self
+            .requests
+            .close_upstream
+            .take()
+            .unwrap_or((1000, String::new()));
+        self.close_upstream(code, &reason);
+    }
+
+    fn close_upstream(&mut self, code: u16, reason: &str) {
+        if let Some(queue) = self.upstream.as_mut() {
+            queue.close_with(
+                Message::Close(Some(CloseReason {
+                    code: CloseCode::from(code),
+                    description: (!reason.is_empty()).then(|| reason.to_string()),
+                })),
+                false,
+            );
+        }
+        if self.upstream_state == UpstreamState::Connecting {
+            // The handshake's answer finds the state Done and drops the socket.
+            self.upstream_state = UpstreamState::Done;
+        }
+    }
+
+    /// Stops the actor once a closing call has nothing left to send on either side.
+    fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
+        let upstream_done = self.upstream.is_none();
+        if self.ending.is_some() && self.twilio_done && upstream_done {
+            ctx.stop();
+        }
     }
 
     /// Queues a frame for the socket; a peer that left the whole queue unread is closed.
@@ -279,6 +386,7 @@ impl CallSession {
                     }
                 }
                 let (stream_sid, call_sid) = (start.stream_sid.clone(), start.call_sid.clone());
+                self.account_sid = start.account_sid.clone();
                 self.phase = Phase::Streaming {
                     stream_sid,
                     call_sid: call_sid.clone(),
@@ -302,7 +410,6 @@ impl CallSession {
                 return self.protocol_error(ctx, 1008, "second start on one stream")
             }
             (_, StreamEvent::Stop) => {
-                self.handler.on_stop();
                 return self.close(ctx, EndReason::Stop, 1000, "stop");
             }
             (Phase::AwaitingStart, _) => {
@@ -342,9 +449,189 @@ impl CallSession {
                 self.dispatch(ctx, |h, out| h.on_mark(&mark.name, out))
             }
         };
+        self.after_handler(ctx, result);
+    }
+
+    /// A callback's error fails the call (1011); else what it asked for is carried out.
+    fn after_handler(&mut self, ctx: &mut Context<Self>, result: Result<(), HandlerError>) {
         if let Err(e) = result {
             call_log!(self, Error, "handler failed: {e}");
             self.close(ctx, EndReason::HandlerFailed, 1011, "handler failed");
+            return;
+        }
+        self.apply_requests(ctx);
+    }
+
+    /// Carries out what the app's last callback asked for: upstream frames, opening or closing
+    /// the upstream, ending the call.
+    fn apply_requests(&mut self, ctx: &mut Context<Self>) {
+        for frame in std::mem::take(&mut self.requests.upstream_out) {
+            self.send_upstream(frame);
+        }
+        if let Some(request) = self.requests.connect.take() {
+            if self.upstream_state == UpstreamState::None && self.ending.is_none() {
+                self.upstream_state = UpstreamState::Connecting;
+                let started = Instant::now();
+                ctx.spawn(
+                    upstream::connect(request)
+                        .into_actor(self)
+                        .map(move |result, act, ctx| act.upstream_connected(result, started, ctx)),
+                );
+            }
+        }
+        if let Some((code, reason)) = self.requests.close_upstream.take() {
+            if self.ending.is_none() {
+                self.close_upstream(code, &reason);
+            } else {
+                self.requests.close_upstream = Some((code, reason));
+            }
+        }
+        if let Some(end) = self.requests.end.take() {
+            self.end_request(end, ctx);
+        }
+    }
+
+    fn send_upstream(&mut self, frame: Message) {
+        use crate::call::outbound::WireSize;
+        match (self.upstream_state, self.upstream.as_mut()) {
+            (UpstreamState::Open, Some(queue)) => {
+                if queue.push(frame).is_err() {
+                    self.upstream_dropped += 1;
+                    if self.upstream_dropped == 1 {
+                        call_log!(
+                            self,
+                            Warn,
+                            "upstream is not keeping up: dropping frames to it"
+                        );
+                    }
+                }
+            }
+            (UpstreamState::None | UpstreamState::Connecting, _) => {
+                let size = frame.wire_size();
+                if self.upstream_pending_bytes + size > self.settings.outbound_cap {
+                    self.upstream_dropped += 1;
+                } else {
+                    self.upstream_pending_bytes += size;
+                    self.upstream_pending.push(frame);
+                }
+            }
+            _ => self.upstream_dropped += 1,
+        }
+    }
+
+    fn upstream_connected(
+        &mut self,
+        result: Result<upstream::UpstreamSocket, String>,
+        started: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.upstream_state != UpstreamState::Connecting {
+            // The call ended meanwhile: dropping the socket closes it.
+            return;
+        }
+        let event = match result {
+            Ok(socket) => {
+                call_log!(
+                    self,
+                    Info,
+                    "upstream open in {} ms",
+                    started.elapsed().as_millis()
+                );
+                let (sink, stream) = socket.split();
+                let mut queue = OutboundQueue::new(sink, self.settings.outbound_cap);
+                for frame in self.upstream_pending.drain(..) {
+                    if queue.push(frame).is_err() {
+                        self.upstream_dropped += 1;
+                    }
+                }
+                self.upstream_pending_bytes = 0;
+                self.upstream = Some(queue);
+                self.upstream_state = UpstreamState::Open;
+                ctx.spawn(FlushUpstream);
+                ctx.add_message_stream(
+                    stream
+                        .map(UpstreamInput::Frame)
+                        .chain(futures_util::stream::once(async { UpstreamInput::Ended })),
+                );
+                UpstreamEvent::Open
+            }
+            Err(why) => {
+                call_log!(self, Warn, "upstream unreachable: {why}");
+                self.upstream_state = UpstreamState::Done;
+                UpstreamEvent::Failed(why)
+            }
+        };
+        self.upstream_event(event, ctx);
+    }
+
+    fn upstream_event(&mut self, event: UpstreamEvent, ctx: &mut Context<Self>) {
+        if self.ending.is_some() {
+            return;
+        }
+        let result = self.dispatch(ctx, |h, call| h.on_upstream(event, call));
+        self.after_handler(ctx, result);
+    }
+
+    /// An app's way to end its call.
+    fn end_request(&mut self, end: EndRequest, ctx: &mut Context<Self>) {
+        if self.ending.is_some() || self.controlling {
+            return;
+        }
+        match end {
+            EndRequest::FailOver(reason) => {
+                call_log!(self, Warn, "app fails the call over: {reason}");
+                self.close(ctx, EndReason::FailedOver, 1011, &reason);
+            }
+            EndRequest::Control(update) => {
+                let (Some(control), Phase::Streaming { call_sid, .. }) =
+                    (self.settings.control.clone(), &self.phase)
+                else {
+                    call_log!(
+                        self,
+                        Error,
+                        "cannot {}: no Twilio REST credentials (TWILIO_API_KEY_SID/SECRET or TWILIO_AUTH_TOKEN)",
+                        update.label()
+                    );
+                    return self.close(ctx, EndReason::HandlerFailed, 1011, "no call control");
+                };
+                self.controlling = true;
+                let (account, call_sid) = (self.account_sid.clone(), call_sid.clone());
+                ctx.spawn(
+                    async move {
+                        let outcome = control.update(&account, &call_sid, &update).await;
+                        (update, outcome)
+                    }
+                    .into_actor(self)
+                    .map(|(update, outcome), act, ctx| act.control_done(update, outcome, ctx)),
+                );
+            }
+        }
+    }
+
+    /// A REST update finished. A hang-up closes the stream whatever Twilio said (a failed one
+    /// is logged and counted: the call then comes back through the `<Redirect>`); a transfer
+    /// that failed leaves the call up and tells the app.
+    fn control_done(
+        &mut self,
+        update: CallUpdate,
+        outcome: ControlOutcome,
+        ctx: &mut Context<Self>,
+    ) {
+        self.controlling = false;
+        match update {
+            CallUpdate::Transfer { .. } if outcome.succeeded() => {
+                self.close(ctx, EndReason::Transferred, 1000, "transfer")
+            }
+            CallUpdate::Transfer { .. } => {
+                if self.ending.is_none() {
+                    let result =
+                        self.dispatch(ctx, |h, call| h.on_control(&update, &outcome, call));
+                    self.after_handler(ctx, result);
+                }
+            }
+            CallUpdate::HangUp | CallUpdate::SayAndHangUp { .. } => {
+                self.close(ctx, EndReason::HungUp, 1000, "hangup")
+            }
         }
     }
 
@@ -352,13 +639,23 @@ impl CallSession {
     fn dispatch(
         &mut self,
         ctx: &mut Context<Self>,
-        f: impl FnOnce(&mut dyn CallHandler, &mut Outbox<'_>) -> Result<(), HandlerError>,
+        f: impl FnOnce(&mut dyn CallHandler, &mut Call<'_>) -> Result<(), HandlerError>,
     ) -> Result<(), HandlerError> {
-        let Phase::Streaming { stream_sid, .. } = &self.phase else {
+        let Phase::Streaming {
+            stream_sid,
+            call_sid,
+        } = &self.phase
+        else {
             return Ok(());
         };
-        let mut out = Outbox::new(stream_sid, &mut self.out_buf, &mut self.counts);
-        let result = f(self.handler.as_mut(), &mut out);
+        let mut call = Call::new(
+            stream_sid,
+            call_sid,
+            &mut self.out_buf,
+            &mut self.counts,
+            &mut self.requests,
+        );
+        let result = f(self.handler.as_mut(), &mut call);
         let mut overflow = None;
         for frame in self.out_buf.drain(..) {
             if overflow.is_none() {
@@ -408,8 +705,10 @@ impl Actor for CallSession {
         });
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
+    fn stopped(&mut self, ctx: &mut Self::Context) {
         let (reason, code) = self.ending.unwrap_or((EndReason::ClientGone, 1006));
+        // Stopped without a close (the connection failed): the app still hears it, once.
+        self.end_app(ctx, reason, code);
         let duration = self.opened.elapsed().as_secs_f64();
         self.metrics
             .calls_ended
@@ -425,7 +724,7 @@ impl Actor for CallSession {
         call_log!(
             self,
             Info,
-            "call ended: reason={} code={code} duration={duration:.1}s frames_in={frames_in} frames_out={frames_out} dtmf={:?}{} marks={} outbound_peak={}B",
+            "call ended: reason={} code={code} duration={duration:.1}s frames_in={frames_in} frames_out={frames_out} dtmf={:?}{} marks={} outbound_peak={}B upstream_dropped={}",
             reason.label(),
             self.dtmf,
             if self.dtmf_count > self.dtmf.len() as u64 {
@@ -435,6 +734,7 @@ impl Actor for CallSession {
             },
             self.marks,
             self.outbound.peak(),
+            self.upstream_dropped,
         );
     }
 }
@@ -444,7 +744,8 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for CallSession {
         if self.ending.is_some() {
             // Closing: only the peer's close frame matters now.
             if let Ok(AggregatedMessage::Close(_)) = msg {
-                ctx.stop();
+                self.twilio_done = true;
+                self.maybe_stop(ctx);
             }
             return;
         }
@@ -478,14 +779,14 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for CallSession {
                     &format!("message larger than {MAX_FRAME_BYTES} bytes"),
                 ),
             // The connection itself failed: nothing can be sent anymore.
-            Err(ProtocolError::Io(_)) => ctx.stop(),
+            Err(ProtocolError::Io(_)) => self.twilio_gone(ctx),
             Err(e) => self.protocol_error(ctx, 1002, &format!("websocket error: {e}")),
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         // The connection is gone: no close frame can be sent anymore.
-        ctx.stop();
+        self.twilio_gone(ctx);
     }
 }
 
@@ -524,10 +825,103 @@ impl ActorFuture<CallSession> for FlushOutbound {
         match act.outbound.poll_flush(task) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(_) => {
-                ctx.stop();
+                act.twilio_gone(ctx);
                 Poll::Ready(())
             }
         }
+    }
+}
+
+/// The same for the app's upstream: its queued frames go out, then its close.
+struct FlushUpstream;
+
+impl ActorFuture<CallSession> for FlushUpstream {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut CallSession,
+        ctx: &mut Context<CallSession>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        let Some(queue) = act.upstream.as_mut() else {
+            return Poll::Ready(());
+        };
+        match queue.poll_flush(task) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                act.upstream = None;
+                if result.is_err() && act.upstream_state == UpstreamState::Open {
+                    act.upstream_state = UpstreamState::Done;
+                    act.upstream_event(
+                        UpstreamEvent::Closed {
+                            code: 1006,
+                            reason: "upstream connection lost".into(),
+                        },
+                        ctx,
+                    );
+                }
+                act.maybe_stop(ctx);
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+impl Handler<UpstreamInput> for CallSession {
+    type Result = ();
+
+    fn handle(&mut self, input: UpstreamInput, ctx: &mut Self::Context) {
+        use awc::ws::Frame;
+        if self.upstream_state != UpstreamState::Open {
+            return;
+        }
+        let event = match input {
+            UpstreamInput::Frame(Ok(Frame::Text(text))) => UpstreamEvent::Text(text),
+            UpstreamInput::Frame(Ok(Frame::Binary(data))) => UpstreamEvent::Binary(data),
+            UpstreamInput::Frame(Ok(Frame::Ping(data))) => {
+                self.send_upstream(Message::Pong(data));
+                return;
+            }
+            UpstreamInput::Frame(Ok(Frame::Pong(_))) => return,
+            UpstreamInput::Frame(Ok(Frame::Close(reason))) => {
+                self.upstream_state = UpstreamState::Done;
+                // Answer the close; the queue then finishes and is dropped.
+                if let Some(queue) = self.upstream.as_mut() {
+                    queue.close_with(Message::Close(reason.clone()), false);
+                }
+                UpstreamEvent::Closed {
+                    code: reason.as_ref().map_or(1005, |r| u16::from(r.code)),
+                    reason: reason.and_then(|r| r.description).unwrap_or_default(),
+                }
+            }
+            UpstreamInput::Frame(Ok(Frame::Continuation(_))) => {
+                self.upstream_state = UpstreamState::Done;
+                self.close_upstream(1003, "fragmented messages are not supported");
+                UpstreamEvent::Closed {
+                    code: 1003,
+                    reason: "fragmented messages are not supported".into(),
+                }
+            }
+            UpstreamInput::Frame(Err(e)) => {
+                self.upstream_state = UpstreamState::Done;
+                self.upstream = None;
+                UpstreamEvent::Closed {
+                    code: 1006,
+                    reason: format!("upstream connection failed: {e}"),
+                }
+            }
+            UpstreamInput::Ended => {
+                self.upstream_state = UpstreamState::Done;
+                self.upstream = None;
+                UpstreamEvent::Closed {
+                    code: 1006,
+                    reason: "upstream connection ended without a close frame".into(),
+                }
+            }
+        };
+        self.upstream_event(event, ctx);
+        self.maybe_stop(ctx);
     }
 }
 

@@ -24,6 +24,8 @@ pub struct AppState {
     /// `None` when `TWILIO_AUTH_TOKEN` is unset: no request is checked.
     pub auth: Option<std::sync::Arc<auth::TwilioAuth>>,
     pub metrics: crate::metrics::Metrics,
+    /// Twilio's REST API for call apps; `None` without credentials.
+    pub control: Option<crate::twilio::rest::CallControl>,
 }
 
 impl AppState {

@@ -36,6 +36,7 @@ pub async fn media_stream(
                 idle_timeout: state.config.idle_timeout,
                 tokens: state.auth.as_ref().map(|a| a.tokens.clone()),
                 outbound_cap: state.config.outbound_buffer_bytes,
+                control: state.control.clone(),
             };
             CallSession::new(
                 slot,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::helpers::*;
 use awc::ws;
-use callvisor::call::handler::{CallHandler, HandlerError, HandlerFactory, MediaChunk, Outbox};
+use callvisor::call::handler::{Call, CallHandler, HandlerError, HandlerFactory, MediaChunk};
 use futures_util::SinkExt;
 
 const HEALTHY: &str = "CAhealthy";
@@ -166,11 +166,7 @@ fn text(s: &str) -> ws::Message {
 struct FailsOnThirdFrame(u32);
 
 impl CallHandler for FailsOnThirdFrame {
-    fn on_media(
-        &mut self,
-        media: &MediaChunk<'_>,
-        out: &mut Outbox<'_>,
-    ) -> Result<(), HandlerError> {
+    fn on_media(&mut self, media: &MediaChunk<'_>, out: &mut Call<'_>) -> Result<(), HandlerError> {
         self.0 += 1;
         if self.0 == 3 {
             return Err(HandlerError("model backend unreachable".into()));

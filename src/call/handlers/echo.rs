@@ -1,7 +1,7 @@
 //! The echo handler: every inbound audio chunk goes straight back to the caller. It is the
 //! default handler, the one the tests and the benchmark measure.
 
-use crate::call::handler::{CallHandler, HandlerError, MediaChunk, Outbox};
+use crate::call::handler::{Call, CallHandler, HandlerError, MediaChunk};
 
 #[derive(Debug, Default)]
 pub struct EchoHandler;
@@ -10,9 +10,9 @@ impl CallHandler for EchoHandler {
     fn on_media(
         &mut self,
         media: &MediaChunk<'_>,
-        out: &mut Outbox<'_>,
+        call: &mut Call<'_>,
     ) -> Result<(), HandlerError> {
-        out.media_base64(media.payload_base64);
+        call.media_base64(media.payload_base64);
         Ok(())
     }
 }
@@ -26,7 +26,8 @@ mod tests {
     fn echoes_the_payload_with_the_stream_sid() {
         let mut frames = Vec::new();
         let mut counts = crate::metrics::MediaCounts::default();
-        let mut out = Outbox::new("MZ42", &mut frames, &mut counts);
+        let mut requests = crate::call::handler::Requests::default();
+        let mut out = Call::new("MZ42", "CA42", &mut frames, &mut counts, &mut requests);
         EchoHandler
             .on_media(
                 &MediaChunk {
