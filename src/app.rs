@@ -8,9 +8,9 @@ use actix::Actor;
 use actix_web::{dev::Server, web, App, HttpServer};
 
 use crate::call::handler::HandlerFactory;
-use crate::call::handlers::EchoHandler;
+use crate::call::handlers::{BridgeHandler, BridgeSettings, EchoHandler};
 use crate::call::supervisor::CallSupervisor;
-use crate::config::Config;
+use crate::config::{Config, HandlerKind};
 use crate::http::auth::TwilioAuth;
 use crate::http::{health, metrics, socket, stream, stream_status, webhook, AppState};
 use crate::metrics::Metrics;
@@ -24,10 +24,23 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds `config.host:config.port` and prepares the server with the echo handler. Must run
-    /// inside an actix system.
+    /// Binds `config.host:config.port` and prepares the server with the app `HANDLER` names.
+    /// Must run inside an actix system.
     pub fn build(config: Config) -> std::io::Result<Self> {
-        Self::build_with_handler(config, Arc::new(|| Box::new(EchoHandler)))
+        let handler: HandlerFactory = match &config.handler {
+            HandlerKind::Echo => Arc::new(|| Box::new(EchoHandler)),
+            HandlerKind::Bridge {
+                url,
+                connect_timeout,
+            } => {
+                let settings = Arc::new(BridgeSettings {
+                    url: url.clone(),
+                    connect_timeout: *connect_timeout,
+                });
+                Arc::new(move || Box::new(BridgeHandler::new(settings.clone())))
+            }
+        };
+        Self::build_with_handler(config, handler)
     }
 
     /// [`Application::build`] with another call handler: each admitted call gets its own
@@ -45,6 +58,13 @@ impl Application {
             log::warn!(
                 "TWILIO_AUTH_TOKEN is not set: /incoming-call and /media-stream are open to anyone"
             );
+            if config.handler != HandlerKind::Echo {
+                log::warn!(
+                    "HANDLER={} without TWILIO_AUTH_TOKEN: anyone can open a stream claiming any \
+                     CallSid, and the app's hang-ups and transfers act on that CallSid",
+                    config.handler.name()
+                );
+            }
         }
         let control = config.rest_credentials().map(|credentials| {
             CallControl::new(

@@ -46,6 +46,33 @@ pub const ENV_TWILIO_API_BASE_URL: &str = "TWILIO_API_BASE_URL";
 pub const ENV_TWILIO_ACCOUNT_SID: &str = "TWILIO_ACCOUNT_SID";
 pub const ENV_TWILIO_API_KEY_SID: &str = "TWILIO_API_KEY_SID";
 pub const ENV_TWILIO_API_KEY_SECRET: &str = "TWILIO_API_KEY_SECRET";
+pub const ENV_HANDLER: &str = "HANDLER";
+pub const ENV_BRIDGE_URL: &str = "BRIDGE_URL";
+pub const ENV_BRIDGE_CONNECT_TIMEOUT_SECS: &str = "BRIDGE_CONNECT_TIMEOUT_SECS";
+pub const DEFAULT_BRIDGE_CONNECT_TIMEOUT_SECS: u64 = 5;
+
+/// The app every call runs (`HANDLER`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandlerKind {
+    /// Every audio frame straight back to the caller.
+    Echo,
+    /// Each call relayed to an upstream bot that speaks Twilio's Media Streams protocol.
+    Bridge {
+        /// `ws://` or `wss://`.
+        url: String,
+        connect_timeout: Duration,
+    },
+}
+
+impl HandlerKind {
+    /// What `/` and the startup line call it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HandlerKind::Echo => "echo",
+            HandlerKind::Bridge { .. } => "bridge",
+        }
+    }
+}
 /// 1 MiB holds about 95 s of Twilio media frames (8,000 bytes of mu-law a second, base64 in
 /// JSON): a whole spoken answer an agent sends faster than real time fits with room to spare.
 pub const DEFAULT_OUTBOUND_BUFFER_KIB: usize = 1024;
@@ -84,6 +111,8 @@ pub struct Config {
     pub twilio_account_sid: Option<String>,
     /// `TWILIO_API_KEY_SID` and `TWILIO_API_KEY_SECRET`, preferred over the auth token for REST.
     pub twilio_api_key: Option<(String, SecretString)>,
+    /// The app every call runs.
+    pub handler: HandlerKind,
 }
 
 /// A variable that is set to something this service cannot use.
@@ -96,6 +125,9 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            return write!(f, "missing {}: {}", self.variable, self.expected);
+        }
         write!(
             f,
             "invalid {}={:?}: expected {}",
@@ -245,7 +277,49 @@ impl Config {
             }
         };
 
+        let handler = match parse(ENV_HANDLER, "echo or bridge", &|v| {
+            v == "echo" || v == "bridge"
+        })?
+        .as_deref()
+        {
+            Some("bridge") => {
+                let url = parse(ENV_BRIDGE_URL, "a ws:// or wss:// URL of the bot", &|v| {
+                    valid_ws_url(v)
+                })?
+                .ok_or(ConfigError {
+                    variable: ENV_BRIDGE_URL,
+                    value: String::new(),
+                    expected: "HANDLER=bridge relays every call to it; set a ws:// or wss:// URL",
+                })?;
+                let connect_timeout = Duration::from_secs(
+                    parse(
+                        ENV_BRIDGE_CONNECT_TIMEOUT_SECS,
+                        "a whole number of seconds from 1 to 60",
+                        &|v| v.parse::<u64>().is_ok_and(|n| (1..=60).contains(&n)),
+                    )?
+                    .map_or(DEFAULT_BRIDGE_CONNECT_TIMEOUT_SECS, |v| v.parse().unwrap()),
+                );
+                HandlerKind::Bridge {
+                    url,
+                    connect_timeout,
+                }
+            }
+            _ => HandlerKind::Echo,
+        };
+        if handler != HandlerKind::Echo && twilio_api_key.is_none() && twilio_auth_token.is_none() {
+            // An app that ends a call must hang it up through REST: closing the stream alone
+            // makes Twilio run the <Redirect>, and the call loops through its retries.
+            return Err(ConfigError {
+                variable: ENV_TWILIO_API_KEY_SID,
+                value: String::new(),
+                expected: "a call app (HANDLER other than echo) hangs calls up through Twilio's \
+                           REST API: set TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET, or \
+                           TWILIO_AUTH_TOKEN",
+            });
+        }
+
         Ok(Config {
+            handler,
             log_format,
             drain_timeout,
             twilio_auth_token,
@@ -306,7 +380,7 @@ impl fmt::Display for Config {
             f,
             "listen={}:{} limit_concurrency={} public_url={} max_redirects={} \
              start_timeout={}s idle_timeout={}s drain_timeout={}s outbound_buffer={}KiB workers={} \
-             replica={} auth={}",
+             replica={} auth={} handler={}{} call_control={}",
             self.host,
             self.port,
             self.limit_concurrency,
@@ -321,6 +395,13 @@ impl fmt::Display for Config {
             self.workers.map_or("auto".to_string(), |w| w.to_string()),
             self.replica,
             self.auth_mode(),
+            self.handler.name(),
+            match &self.handler {
+                HandlerKind::Bridge { url, .. } => format!("({})", url_origin(url)),
+                HandlerKind::Echo => String::new(),
+            },
+            self.rest_credentials()
+                .map_or("off".to_string(), |c| c.describe()),
         )
     }
 }
@@ -339,6 +420,23 @@ fn valid_base_url(v: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// `ws://host…` or `wss://host…`.
+fn valid_ws_url(v: &str) -> bool {
+    let rest = v.strip_prefix("wss://").or_else(|| v.strip_prefix("ws://"));
+    rest.is_some_and(|r| {
+        !r.split(['/', '?']).next().unwrap_or("").is_empty() && !v.contains(char::is_whitespace)
+    })
+}
+
+/// Scheme and host of a URL, for logs: its path and query may carry a credential.
+fn url_origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| after_scheme + i);
+    &url[..end]
 }
 
 /// `prefix` and 32 hex digits, as Twilio writes its SIDs.
@@ -461,6 +559,63 @@ mod tests {
             "TWILIO_API_KEY_SID"
         );
         assert_eq!(c.twilio_api_base_url, "https://api.twilio.com");
+    }
+
+    #[test]
+    fn the_app_is_chosen_by_handler_and_a_bridge_needs_its_url_and_call_control() {
+        assert_eq!(parse(&[]).unwrap().handler, HandlerKind::Echo);
+        let creds = ("TWILIO_AUTH_TOKEN", "tok");
+        let c = parse(&[
+            ("HANDLER", "bridge"),
+            ("BRIDGE_URL", "wss://bot.example.com/stream?key=s3cret"),
+            creds,
+        ])
+        .unwrap();
+        assert_eq!(
+            c.handler,
+            HandlerKind::Bridge {
+                url: "wss://bot.example.com/stream?key=s3cret".into(),
+                connect_timeout: Duration::from_secs(5)
+            }
+        );
+        let line = c.to_string();
+        assert!(
+            line.contains("handler=bridge(wss://bot.example.com)"),
+            "{line}"
+        );
+        assert!(!line.contains("s3cret") && !line.contains("tok "), "{line}");
+        for (vars, variable) in [
+            (vec![("HANDLER", "agent")], "HANDLER"),
+            (vec![("HANDLER", "bridge"), creds], "BRIDGE_URL"),
+            (
+                vec![("HANDLER", "bridge"), ("BRIDGE_URL", "http://bot"), creds],
+                "BRIDGE_URL",
+            ),
+            (
+                vec![
+                    ("HANDLER", "bridge"),
+                    ("BRIDGE_URL", "ws://bot"),
+                    ("BRIDGE_CONNECT_TIMEOUT_SECS", "0"),
+                    creds,
+                ],
+                "BRIDGE_CONNECT_TIMEOUT_SECS",
+            ),
+            (
+                vec![("HANDLER", "bridge"), ("BRIDGE_URL", "ws://bot")],
+                "TWILIO_API_KEY_SID",
+            ),
+        ] {
+            let err = parse(&vars).unwrap_err();
+            assert_eq!(err.variable, variable, "{vars:?}: {err}");
+        }
+        let missing = parse(&[("HANDLER", "bridge"), ("BRIDGE_URL", "ws://bot")]).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .starts_with("missing TWILIO_API_KEY_SID: ")
+                && missing.to_string().contains("TWILIO_AUTH_TOKEN"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use actix_web::web::Bytes;
 use base64::Engine;
+use bytestring::ByteString;
 use serde::Serialize;
 
 use crate::metrics::MediaCounts;
@@ -139,6 +140,7 @@ pub struct Requests {
 pub struct Call<'a> {
     stream_sid: &'a str,
     call_sid: &'a str,
+    inbound: Option<&'a ByteString>,
     frames: &'a mut Vec<String>,
     counts: &'a mut MediaCounts,
     requests: &'a mut Requests,
@@ -148,6 +150,7 @@ impl<'a> Call<'a> {
     pub fn new(
         stream_sid: &'a str,
         call_sid: &'a str,
+        inbound: Option<&'a ByteString>,
         frames: &'a mut Vec<String>,
         counts: &'a mut MediaCounts,
         requests: &'a mut Requests,
@@ -155,6 +158,7 @@ impl<'a> Call<'a> {
         Call {
             stream_sid,
             call_sid,
+            inbound,
             frames,
             counts,
             requests,
@@ -167,6 +171,17 @@ impl<'a> Call<'a> {
 
     pub fn stream_sid(&self) -> &str {
         self.stream_sid
+    }
+
+    /// The Twilio frame being handled, exactly as Twilio sent it (`None` in callbacks that no
+    /// Twilio frame caused). Cloning it shares the bytes: a relay forwards it without a copy.
+    pub fn inbound(&self) -> Option<&ByteString> {
+        self.inbound
+    }
+
+    /// Sends a frame to the upstream as it is (see [`Call::send_upstream_text`]).
+    pub fn send_upstream(&mut self, frame: actix_ws::Message) {
+        self.requests.upstream_out.push(frame);
     }
 
     /// Sends audio that is already base64 mu-law 8 kHz (passed through, not re-encoded).
@@ -298,7 +313,15 @@ mod tests {
         let mut frames = Vec::new();
         let mut counts = MediaCounts::default();
         let mut requests = Requests::default();
-        Call::new(stream_sid, "CA1", &mut frames, &mut counts, &mut requests).media_base64(payload);
+        Call::new(
+            stream_sid,
+            "CA1",
+            None,
+            &mut frames,
+            &mut counts,
+            &mut requests,
+        )
+        .media_base64(payload);
         assert_eq!(frames.len(), 1);
         frames.pop().unwrap()
     }

@@ -67,6 +67,9 @@ pub struct OutboundQueue<S, I> {
     closing: bool,
     /// Set once the sink is closed (or gone): pushes are ignored.
     done: bool,
+    /// Whether a close also closes the sink (shuts the socket down). A WebSocket client must
+    /// not: it sends its close frame, then waits for the server's before the connection ends.
+    shutdown_on_close: bool,
 }
 
 impl<S, I> OutboundQueue<S, I>
@@ -84,7 +87,14 @@ where
             waker: None,
             closing: false,
             done: false,
+            shutdown_on_close: true,
         }
+    }
+
+    /// A queue whose close sends the close frame but leaves the socket open (client side).
+    pub fn without_shutdown(mut self) -> Self {
+        self.shutdown_on_close = false;
+        self
     }
 
     /// Queues a frame, unless that would hold more than the cap. A frame larger than the whole
@@ -123,6 +133,11 @@ where
         }
     }
 
+    /// Whether a close was asked for (its frame may still be on its way).
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
     /// Bytes queued now.
     pub fn queued(&self) -> usize {
         self.queued
@@ -156,11 +171,12 @@ where
                 }
             }
         }
-        let flushed = if self.closing {
-            sink.as_mut().poll_close(cx)
-        } else {
-            sink.as_mut().poll_flush(cx)
-        };
+        let mut flushed = sink.as_mut().poll_flush(cx);
+        if self.closing && self.shutdown_on_close && matches!(flushed, Poll::Ready(Ok(()))) {
+            // Flushed first: actix-codec's `Framed` closes its socket without writing what its
+            // own buffer still holds (the close frame, for one).
+            flushed = sink.as_mut().poll_close(cx);
+        }
         match flushed {
             Poll::Ready(Err(_)) => self.gone(),
             Poll::Ready(Ok(())) if self.closing => {
@@ -193,6 +209,9 @@ mod tests {
         room: usize,
         taken: Vec<Vec<u8>>,
         closed: bool,
+        /// Frames taken but not yet flushed; a close with any left would lose them.
+        unflushed: usize,
+        lost_at_close: usize,
     }
 
     impl WireSize for Vec<u8> {
@@ -213,12 +232,15 @@ mod tests {
         fn start_send(mut self: Pin<&mut Self>, item: Vec<u8>) -> Result<(), ()> {
             self.room -= 1;
             self.taken.push(item);
+            self.unflushed += 1;
             Ok(())
         }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            self.unflushed = 0;
             Poll::Ready(Ok(()))
         }
         fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            self.lost_at_close += self.unflushed;
             self.closed = true;
             Poll::Ready(Ok(()))
         }
@@ -287,6 +309,10 @@ mod tests {
         assert_eq!(q.poll_flush(&mut cx), Poll::Ready(Ok(())));
         assert_eq!(q.sink.taken.last(), Some(&vec![1; 4]));
         assert!(q.sink.closed);
+        assert_eq!(
+            q.sink.lost_at_close, 0,
+            "the close frame was flushed before the close"
+        );
         // Pushing after the close is a no-op, and wakes no one.
         q.push(vec![0; 10]).unwrap();
         assert_eq!(q.queued(), 0);

@@ -18,6 +18,7 @@ use actix_ws::{
     AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message, ProtocolError,
 };
 use base64::Engine;
+use bytestring::ByteString;
 use futures_util::{Stream, StreamExt};
 
 use crate::call::handler::{
@@ -154,6 +155,8 @@ pub struct CallSession {
     controlling: bool,
     /// `start.accountSid`, for REST call control.
     account_sid: String,
+    /// The Twilio frame being handled (shared bytes), for apps that relay it as it is.
+    inbound_frame: Option<ByteString>,
     /// Frames on their way to the socket, bounded in bytes; [`FlushOutbound`] drains it.
     outbound: Outbound,
     /// The socket's inbound frames; the context polls them through [`Inbound`]. Shared so that
@@ -202,6 +205,7 @@ impl CallSession {
             requests: Requests::default(),
             controlling: false,
             account_sid: String::new(),
+            inbound_frame: None,
             outbound: OutboundQueue::new(ws, settings.outbound_cap),
             inbound: Rc::new(RefCell::new(Some(
                 inbound
@@ -290,6 +294,12 @@ impl CallSession {
                 h.on_end(&end, call);
                 Ok(())
             });
+            for frame in std::mem::take(&mut self.requests.upstream_out) {
+                self.send_upstream(frame);
+            }
+            // The call is ending: whatever else the app asked for no longer applies.
+            self.requests.connect = None;
+            self.requests.end = None;
         }
         let (code, reason) = self
             .requests
@@ -538,7 +548,10 @@ impl CallSession {
                     started.elapsed().as_millis()
                 );
                 let (sink, stream) = socket.split();
-                let mut queue = OutboundQueue::new(sink, self.settings.outbound_cap);
+                // As a WebSocket client it closes by sending its close frame and waiting for
+                // the upstream's; the upstream then ends the connection.
+                let mut queue =
+                    OutboundQueue::new(sink, self.settings.outbound_cap).without_shutdown();
                 for frame in self.upstream_pending.drain(..) {
                     if queue.push(frame).is_err() {
                         self.upstream_dropped += 1;
@@ -651,6 +664,7 @@ impl CallSession {
         let mut call = Call::new(
             stream_sid,
             call_sid,
+            self.inbound_frame.as_ref(),
             &mut self.out_buf,
             &mut self.counts,
             &mut self.requests,
@@ -752,7 +766,9 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for CallSession {
         self.last_rx = Instant::now();
         match msg {
             Ok(AggregatedMessage::Text(text)) => {
+                self.inbound_frame = Some(text.clone());
                 self.on_text(&text, ctx);
+                self.inbound_frame = None;
             }
             Ok(AggregatedMessage::Binary(_)) => {
                 self.protocol_error(ctx, 1003, "binary frames are not part of the protocol")
@@ -850,6 +866,11 @@ impl ActorFuture<CallSession> for FlushUpstream {
         match queue.poll_flush(task) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {
+                if result.is_ok() && act.upstream_state == UpstreamState::Open {
+                    // Our close frame is out: the upstream's answer (or the close grace)
+                    // finishes it.
+                    return Poll::Ready(());
+                }
                 act.upstream = None;
                 if result.is_err() && act.upstream_state == UpstreamState::Open {
                     act.upstream_state = UpstreamState::Done;
@@ -886,9 +907,15 @@ impl Handler<UpstreamInput> for CallSession {
             UpstreamInput::Frame(Ok(Frame::Pong(_))) => return,
             UpstreamInput::Frame(Ok(Frame::Close(reason))) => {
                 self.upstream_state = UpstreamState::Done;
-                // Answer the close; the queue then finishes and is dropped.
-                if let Some(queue) = self.upstream.as_mut() {
-                    queue.close_with(Message::Close(reason.clone()), false);
+                match self.upstream.as_mut() {
+                    // The answer to our close: the closing handshake is complete.
+                    Some(queue) if queue.is_closing() => self.upstream = None,
+                    // Theirs: answer it; the queue is dropped once the answer is out.
+                    Some(queue) => queue.close_with(Message::Close(reason.clone()), false),
+                    None => {}
+                }
+                if self.ending.is_some() {
+                    return self.maybe_stop(ctx);
                 }
                 UpstreamEvent::Closed {
                     code: reason.as_ref().map_or(1005, |r| u16::from(r.code)),

@@ -22,6 +22,8 @@ struct Health<'a> {
     uptime_secs: u64,
     /// `twilio-signature` or `disabled`.
     auth: &'static str,
+    /// The app calls run: `echo`, `bridge`.
+    handler: &'static str,
 }
 
 pub async fn health(state: web::Data<AppState>) -> actix_web::Result<HttpResponse> {
@@ -40,6 +42,7 @@ pub async fn health(state: web::Data<AppState>) -> actix_web::Result<HttpRespons
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: snap.uptime_secs,
         auth: state.config.auth_mode(),
+        handler: state.config.handler.name(),
     }))
 }
 

@@ -20,6 +20,8 @@ pub struct TestApp {
     pub port: u16,
     pub base: String,
     pub client: awc::Client,
+    /// In-process servers only: the replica's supervisor (to hand calls off as a drain does).
+    pub supervisor: Option<actix::Addr<callvisor::call::supervisor::CallSupervisor>>,
 }
 
 /// Starts the server in this test's actix system, on 127.0.0.1 and a free port.
@@ -45,11 +47,13 @@ pub async fn spawn_app_with_handler(
     }
     .expect("server binds");
     let port = app.port();
+    let supervisor = Some(app.supervisor());
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         port,
         base: format!("http://127.0.0.1:{port}"),
         client: awc::Client::builder().timeout(PATIENCE).finish(),
+        supervisor,
     }
 }
 
@@ -437,6 +441,7 @@ pub async fn spawn_binary(env: &[(&str, &str)]) -> BinaryApp {
             port,
             base: format!("http://127.0.0.1:{port}"),
             client: awc::Client::builder().timeout(PATIENCE).finish(),
+            supervisor: None,
         },
         log,
     }

@@ -3,6 +3,8 @@
 mod auth;
 mod backpressure;
 mod bad_input;
+mod bot;
+mod bridge;
 mod call_control;
 mod call_flow;
 mod callsim;

@@ -27,7 +27,14 @@ mod tests {
         let mut frames = Vec::new();
         let mut counts = crate::metrics::MediaCounts::default();
         let mut requests = crate::call::handler::Requests::default();
-        let mut out = Call::new("MZ42", "CA42", &mut frames, &mut counts, &mut requests);
+        let mut out = Call::new(
+            "MZ42",
+            "CA42",
+            None,
+            &mut frames,
+            &mut counts,
+            &mut requests,
+        );
         EchoHandler
             .on_media(
                 &MediaChunk {

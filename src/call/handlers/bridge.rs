@@ -1,0 +1,271 @@
+//! `HANDLER=bridge`: every call relayed to an upstream bot that speaks Twilio's own Media
+//! Streams protocol, so a bot written for Twilio runs unchanged behind callvisor.
+//!
+//! To the bot: `connected`, `start` (its `customParameters` without our `streamToken`), then
+//! `media`, `dtmf` and `mark` exactly as Twilio sent them (the same bytes), and `stop` when the
+//! caller hangs up. From the bot: `media`, `mark` and `clear` go to Twilio with the Twilio
+//! stream's streamSid (whatever the bot wrote); `{"event":"hangup"}` and
+//! `{"event":"transfer","to":"+1…"}` control the call through Twilio's REST API; anything else
+//! is dropped, counted, and logged once per call.
+//!
+//! Ends: the bot closes with 1000 or says `hangup` → the call is hung up (REST). The bot cannot
+//! be reached, or drops mid-call → the Twilio stream is closed 1011 `upstream unavailable`, so
+//! Twilio runs the `<Redirect>` and another replica (which may reach its bot) takes the call.
+//! Twilio's side ends → the bot gets `stop` (when Twilio sent one) and a close 1000; a hand-off
+//! during a drain → the bot gets close 1001 `handoff` and no `stop`: the call goes on elsewhere,
+//! with the same CallSid and `attempt` one higher.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_ws::Message;
+use serde::Deserialize;
+
+use crate::call::handler::{
+    Call, CallEnd, CallHandler, HandlerError, MediaChunk, UpstreamEvent, UpstreamRequest,
+};
+use crate::twilio::messages::{Start, TwilioFrame};
+use crate::twilio::signature::STREAM_TOKEN_PARAM;
+
+/// Audio from Twilio kept while the bot's socket opens: 1 s of 20 ms frames. Older frames are
+/// dropped first (the bot hears the most recent second).
+const PENDING_MEDIA: usize = 50;
+
+/// What every bridged call shares.
+#[derive(Debug, Clone)]
+pub struct BridgeSettings {
+    pub url: String,
+    pub connect_timeout: Duration,
+}
+
+/// One call's relay.
+pub struct BridgeHandler {
+    settings: Arc<BridgeSettings>,
+    open: bool,
+    /// `connected` and `start`, sent first once the bot's socket is open.
+    hello: Vec<String>,
+    /// Twilio frames (media, dtmf, mark) that arrived before the bot's socket opened.
+    pending: VecDeque<Message>,
+    pending_dropped: u64,
+    /// Frames from the bot that are not part of the protocol; logged once.
+    ignored: u64,
+    sequence: u64,
+}
+
+impl BridgeHandler {
+    pub fn new(settings: Arc<BridgeSettings>) -> Self {
+        BridgeHandler {
+            settings,
+            open: false,
+            hello: Vec::new(),
+            pending: VecDeque::new(),
+            pending_dropped: 0,
+            ignored: 0,
+            sequence: 0,
+        }
+    }
+
+    /// Relays the Twilio frame being handled, as Twilio sent it.
+    fn relay(&mut self, call: &mut Call<'_>) {
+        let Some(raw) = call.inbound().cloned() else {
+            return;
+        };
+        let frame = Message::Text(raw);
+        if self.open {
+            call.send_upstream(frame);
+        } else {
+            if self.pending.len() == PENDING_MEDIA {
+                self.pending.pop_front();
+                self.pending_dropped += 1;
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
+    fn ignore(&mut self, call: &Call<'_>, what: &str) {
+        self.ignored += 1;
+        if self.ignored == 1 {
+            log::warn!(call_sid = call.call_sid(); "bridge: ignoring what the bot sent: {what} (only media, mark, clear, hangup, transfer are relayed; logged once per call)");
+        }
+    }
+
+    fn on_bot_frame(&mut self, text: &str, call: &mut Call<'_>) {
+        let Ok(frame) = serde_json::from_str::<BotFrame>(text) else {
+            return self.ignore(call, "a frame that is not a JSON event");
+        };
+        match frame.event.as_str() {
+            "media" => match frame.media.and_then(|m| m.payload) {
+                Some(payload) => call.media_base64(&payload),
+                None => self.ignore(call, "media without a payload"),
+            },
+            "mark" => match frame.mark.and_then(|m| m.name) {
+                Some(name) => call.mark(&name),
+                None => self.ignore(call, "mark without a name"),
+            },
+            "clear" => call.clear(),
+            "hangup" => call.hang_up(),
+            "transfer" => match frame.to.filter(|to| is_e164(to)) {
+                Some(to) => call.transfer(&to),
+                None => self.ignore(call, "transfer without an E.164 `to` (+ and 2-15 digits)"),
+            },
+            _ => self.ignore(call, "an event callvisor does not relay"),
+        }
+    }
+
+    fn next_sequence(&mut self) -> String {
+        self.sequence += 1;
+        self.sequence.to_string()
+    }
+}
+
+impl CallHandler for BridgeHandler {
+    fn on_start(&mut self, start: &Start, call: &mut Call<'_>) -> Result<(), HandlerError> {
+        call.connect_upstream(UpstreamRequest {
+            url: self.settings.url.clone(),
+            headers: Vec::new(),
+            timeout: self.settings.connect_timeout,
+        });
+        let mut start = start.clone();
+        // The token proves the stream to us; the bot has no use for it.
+        start.custom_parameters.remove(STREAM_TOKEN_PARAM);
+        let connected = TwilioFrame::Connected {
+            protocol: "Call",
+            version: "1.0.0",
+        };
+        let start = TwilioFrame::Start {
+            sequence_number: self.next_sequence(),
+            stream_sid: call.stream_sid(),
+            start: &start,
+        };
+        self.hello = vec![connected.to_json(), start.to_json()];
+        Ok(())
+    }
+
+    fn on_media(&mut self, _: &MediaChunk<'_>, call: &mut Call<'_>) -> Result<(), HandlerError> {
+        self.relay(call);
+        Ok(())
+    }
+
+    fn on_dtmf(&mut self, _: &str, call: &mut Call<'_>) -> Result<(), HandlerError> {
+        self.relay(call);
+        Ok(())
+    }
+
+    fn on_mark(&mut self, _: &str, call: &mut Call<'_>) -> Result<(), HandlerError> {
+        self.relay(call);
+        Ok(())
+    }
+
+    fn on_upstream(
+        &mut self,
+        event: UpstreamEvent,
+        call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        match event {
+            UpstreamEvent::Open => {
+                self.open = true;
+                for hello in self.hello.drain(..) {
+                    call.send_upstream_text(hello);
+                }
+                for frame in self.pending.drain(..) {
+                    call.send_upstream(frame);
+                }
+                if self.pending_dropped > 0 {
+                    log::info!(call_sid = call.call_sid(); "bridge: {} frames older than 1 s dropped while the bot's socket opened", self.pending_dropped);
+                }
+            }
+            UpstreamEvent::Text(text) => match std::str::from_utf8(&text) {
+                Ok(text) => self.on_bot_frame(text, call),
+                Err(_) => self.ignore(call, "a text frame that is not UTF-8"),
+            },
+            UpstreamEvent::Binary(_) => self.ignore(call, "a binary frame"),
+            UpstreamEvent::Closed { code: 1000, .. } => call.hang_up(),
+            UpstreamEvent::Closed { code, reason } => {
+                log::warn!(call_sid = call.call_sid(); "bridge: the bot's socket closed {code} {reason}");
+                call.fail_over("upstream unavailable");
+            }
+            UpstreamEvent::Failed(why) => {
+                log::warn!(call_sid = call.call_sid(); "bridge: the bot cannot be reached: {why}");
+                call.fail_over("upstream unavailable");
+            }
+        }
+        Ok(())
+    }
+
+    fn on_end(&mut self, end: &CallEnd, call: &mut Call<'_>) {
+        if end.handed_off() {
+            // The call goes on on another replica, with another bot session: no `stop`.
+            return call.close_upstream(1001, "handoff");
+        }
+        if end.reason == "stop" {
+            // The `stop` being handled, as Twilio sent it; rebuilt only if it is not at hand.
+            if let Some(raw) = call.inbound().cloned() {
+                call.send_upstream(Message::Text(raw));
+                return call.close_upstream(1000, "");
+            }
+            let stop = TwilioFrame::Stop {
+                sequence_number: self.next_sequence(),
+                stream_sid: call.stream_sid(),
+                stop: crate::twilio::messages::Stop {
+                    account_sid: String::new(),
+                    call_sid: call.call_sid().to_string(),
+                },
+            };
+            call.send_upstream_text(stop.to_json());
+        }
+        call.close_upstream(1000, "");
+    }
+}
+
+/// What a bot may send: Twilio's server events plus the two call-control extensions.
+#[derive(Deserialize)]
+struct BotFrame {
+    event: String,
+    #[serde(default)]
+    media: Option<BotMedia>,
+    #[serde(default)]
+    mark: Option<BotMark>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BotMedia {
+    payload: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BotMark {
+    name: Option<String>,
+}
+
+/// `+` then 2 to 15 digits, the first not 0 (ITU E.164).
+fn is_e164(s: &str) -> bool {
+    s.strip_prefix('+').is_some_and(|digits| {
+        (2..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfers_only_go_to_e164_numbers() {
+        assert!(is_e164("+14155550123"));
+        assert!(is_e164("+442071838750"));
+        for bad in [
+            "14155550123",
+            "+0123",
+            "+1",
+            "+1415555012345678",
+            "+1-415-555",
+            "sip:x",
+        ] {
+            assert!(!is_e164(bad), "{bad}");
+        }
+    }
+}
