@@ -43,6 +43,13 @@ pub struct Metrics {
     /// Twilio REST call updates; `action`: hangup, transfer, say_hangup; `outcome`: ok,
     /// already_over (404: the call had ended), failed.
     pub call_control: Family<[(&'static str, &'static str); 2], Counter>,
+    /// Call apps' upstream WebSockets: handshake time, failures (`reason`: unreachable, lost),
+    /// frames relayed (`direction`: to_upstream, from_upstream) and frames dropped because the
+    /// upstream did not keep up.
+    pub upstream_connect: Histogram,
+    pub upstream_failures: Family<Label, Counter>,
+    pub upstream_frames: Family<Label, Counter>,
+    pub upstream_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -68,6 +75,11 @@ impl Metrics {
         let call_duration = Histogram::new(exponential_buckets(1.0, 2.0, 15));
         let stream_status_events = Family::default();
         let call_control = Family::default();
+        // 1 ms .. ~8 s
+        let upstream_connect = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let upstream_failures = Family::default();
+        let upstream_frames = Family::default();
+        let upstream_dropped = Counter::default();
 
         let mut r = Registry::with_prefix("callvisor");
         r.register(
@@ -136,6 +148,26 @@ impl Metrics {
             "Twilio REST call updates (hang-up, transfer, say and hang up), by action and outcome",
             call_control.clone(),
         );
+        r.register(
+            "upstream_connect_seconds",
+            "Call apps' upstream WebSocket handshakes",
+            upstream_connect.clone(),
+        );
+        r.register(
+            "upstream_failures",
+            "Call apps' upstreams that could not be reached or were lost mid-call, by reason",
+            upstream_failures.clone(),
+        );
+        r.register(
+            "upstream_frames",
+            "Frames relayed to and from call apps' upstreams, by direction",
+            upstream_frames.clone(),
+        );
+        r.register(
+            "upstream_dropped_frames",
+            "Frames to an upstream dropped because it did not keep up",
+            upstream_dropped.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             calls_active,
@@ -152,6 +184,10 @@ impl Metrics {
             call_duration,
             stream_status_events,
             call_control,
+            upstream_connect,
+            upstream_failures,
+            upstream_frames,
+            upstream_dropped,
         }
     }
 
@@ -182,6 +218,10 @@ pub struct MediaCounts {
     pub frames_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Frames sent to / received from the app's upstream, and dropped on the way to it.
+    pub upstream_out: u64,
+    pub upstream_in: u64,
+    pub upstream_dropped: u64,
 }
 
 impl MediaCounts {
@@ -199,6 +239,19 @@ impl MediaCounts {
         metrics
             .media_bytes_out
             .inc_by(self.bytes_out - reported.bytes_out);
+        if self.upstream_out + self.upstream_in + self.upstream_dropped > 0 {
+            metrics
+                .upstream_frames
+                .get_or_create(&[("direction", "to_upstream")])
+                .inc_by(self.upstream_out - reported.upstream_out);
+            metrics
+                .upstream_frames
+                .get_or_create(&[("direction", "from_upstream")])
+                .inc_by(self.upstream_in - reported.upstream_in);
+            metrics
+                .upstream_dropped
+                .inc_by(self.upstream_dropped - reported.upstream_dropped);
+        }
         *reported = *self;
     }
 }

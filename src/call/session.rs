@@ -147,8 +147,6 @@ pub struct CallSession {
     /// Frames the app sent before the upstream opened (bounded like the queue).
     upstream_pending: Vec<Message>,
     upstream_pending_bytes: usize,
-    /// Frames to the upstream dropped because its queue was full (a slow upstream).
-    upstream_dropped: u64,
     /// What the app's last callback asked for besides Twilio frames.
     requests: Requests,
     /// A REST update is in flight: later end requests are ignored.
@@ -201,7 +199,6 @@ impl CallSession {
             upstream_state: UpstreamState::None,
             upstream_pending: Vec::new(),
             upstream_pending_bytes: 0,
-            upstream_dropped: 0,
             requests: Requests::default(),
             controlling: false,
             account_sid: String::new(),
@@ -505,9 +502,11 @@ impl CallSession {
         use crate::call::outbound::WireSize;
         match (self.upstream_state, self.upstream.as_mut()) {
             (UpstreamState::Open, Some(queue)) => {
-                if queue.push(frame).is_err() {
-                    self.upstream_dropped += 1;
-                    if self.upstream_dropped == 1 {
+                if queue.push(frame).is_ok() {
+                    self.counts.upstream_out += 1;
+                } else {
+                    self.counts.upstream_dropped += 1;
+                    if self.counts.upstream_dropped == 1 {
                         call_log!(
                             self,
                             Warn,
@@ -519,13 +518,13 @@ impl CallSession {
             (UpstreamState::None | UpstreamState::Connecting, _) => {
                 let size = frame.wire_size();
                 if self.upstream_pending_bytes + size > self.settings.outbound_cap {
-                    self.upstream_dropped += 1;
+                    self.counts.upstream_dropped += 1;
                 } else {
                     self.upstream_pending_bytes += size;
                     self.upstream_pending.push(frame);
                 }
             }
-            _ => self.upstream_dropped += 1,
+            _ => self.counts.upstream_dropped += 1,
         }
     }
 
@@ -553,10 +552,15 @@ impl CallSession {
                 let mut queue =
                     OutboundQueue::new(sink, self.settings.outbound_cap).without_shutdown();
                 for frame in self.upstream_pending.drain(..) {
-                    if queue.push(frame).is_err() {
-                        self.upstream_dropped += 1;
+                    if queue.push(frame).is_ok() {
+                        self.counts.upstream_out += 1;
+                    } else {
+                        self.counts.upstream_dropped += 1;
                     }
                 }
+                self.metrics
+                    .upstream_connect
+                    .observe(started.elapsed().as_secs_f64());
                 self.upstream_pending_bytes = 0;
                 self.upstream = Some(queue);
                 self.upstream_state = UpstreamState::Open;
@@ -570,6 +574,10 @@ impl CallSession {
             }
             Err(why) => {
                 call_log!(self, Warn, "upstream unreachable: {why}");
+                self.metrics
+                    .upstream_failures
+                    .get_or_create(&[("reason", "unreachable")])
+                    .inc();
                 self.upstream_state = UpstreamState::Done;
                 UpstreamEvent::Failed(why)
             }
@@ -580,6 +588,12 @@ impl CallSession {
     fn upstream_event(&mut self, event: UpstreamEvent, ctx: &mut Context<Self>) {
         if self.ending.is_some() {
             return;
+        }
+        if matches!(&event, UpstreamEvent::Closed { code, .. } if *code != 1000) {
+            self.metrics
+                .upstream_failures
+                .get_or_create(&[("reason", "lost")])
+                .inc();
         }
         let result = self.dispatch(ctx, |h, call| h.on_upstream(event, call));
         self.after_handler(ctx, result);
@@ -748,7 +762,7 @@ impl Actor for CallSession {
             },
             self.marks,
             self.outbound.peak(),
-            self.upstream_dropped,
+            self.counts.upstream_dropped,
         );
     }
 }
@@ -898,8 +912,14 @@ impl Handler<UpstreamInput> for CallSession {
             return;
         }
         let event = match input {
-            UpstreamInput::Frame(Ok(Frame::Text(text))) => UpstreamEvent::Text(text),
-            UpstreamInput::Frame(Ok(Frame::Binary(data))) => UpstreamEvent::Binary(data),
+            UpstreamInput::Frame(Ok(Frame::Text(text))) => {
+                self.counts.upstream_in += 1;
+                UpstreamEvent::Text(text)
+            }
+            UpstreamInput::Frame(Ok(Frame::Binary(data))) => {
+                self.counts.upstream_in += 1;
+                UpstreamEvent::Binary(data)
+            }
             UpstreamInput::Frame(Ok(Frame::Ping(data))) => {
                 self.send_upstream(Message::Pong(data));
                 return;

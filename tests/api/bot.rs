@@ -18,6 +18,8 @@ struct State {
     session: Option<actix_ws::Session>,
     /// Set by `drop_connection`: the socket goes away with no close frame.
     drop_now: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Set by `stop_reading`: the bot's socket is read no more.
+    paused: bool,
 }
 
 #[derive(Clone)]
@@ -102,6 +104,11 @@ impl Bot {
             .await;
     }
 
+    /// The bot stops reading its socket (a hung bot): what is sent to it piles up.
+    pub fn stop_reading(&self) {
+        self.state.lock().unwrap().paused = true;
+    }
+
     /// The bot process dies: its socket goes away with no close frame.
     pub fn drop_connection(&self) {
         let mut state = self.state.lock().unwrap();
@@ -127,9 +134,11 @@ async fn accept(
     let state = state.get_ref().clone();
     actix_web::rt::spawn(async move {
         loop {
+            let paused = state.lock().unwrap().paused;
             tokio::select! {
                 _ = &mut drop_rx => return, // both halves dropped, no close frame
-                msg = inbound.recv() => match msg {
+                _ = actix_web::rt::time::sleep(Duration::from_millis(20)), if paused => {}
+                msg = inbound.recv(), if !paused => match msg {
                     Some(Ok(actix_ws::Message::Text(text))) => {
                         let value = serde_json::from_str(&text).expect("the bridge sends JSON");
                         state.lock().unwrap().received.push(value);

@@ -114,6 +114,20 @@ async fn the_bot_gets_twilios_protocol_and_its_answers_reach_the_caller() {
         twilio.updates().is_empty(),
         "the caller hung up: no REST call"
     );
+    let m = scrape(&app).await;
+    // connected, start, 3 media, dtmf, mark, stop / media, mark, bogus, clear
+    assert_eq!(
+        metric(&m, "callvisor_upstream_frames_total{direction=to_upstream}"),
+        8.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "callvisor_upstream_frames_total{direction=from_upstream}"
+        ),
+        4.0
+    );
+    assert_eq!(metric(&m, "callvisor_upstream_connect_seconds_count"), 1.0);
 }
 
 #[actix_web::test]
@@ -193,6 +207,10 @@ async fn a_bot_out_of_reach_fails_the_call_over_to_another_replica() {
             metric(&m, "callvisor_calls_ended_total{reason=failed_over}"),
             1.0
         );
+        assert_eq!(
+            metric(&m, "callvisor_upstream_failures_total{reason=unreachable}"),
+            1.0
+        );
     }
     assert!(twilio.updates().is_empty(), "a fail-over is not a hang-up");
 }
@@ -208,6 +226,54 @@ async fn a_bot_that_dies_mid_call_fails_the_call_over() {
         call.expect_close().await,
         (1011, "upstream unavailable".into())
     );
+    app.wait_for_active(0).await;
+    let m = scrape(&app).await;
+    assert_eq!(
+        metric(&m, "callvisor_upstream_failures_total{reason=lost}"),
+        1.0
+    );
+}
+
+#[actix_web::test]
+async fn a_bot_that_stops_reading_costs_dropped_audio_not_memory() {
+    let (bot, twilio) = (Bot::start(), FakeTwilio::start(KEY_SID, "key-secret"));
+    let (url, base) = (bot.url.clone(), twilio.base.clone());
+    let app = spawn_app_with(move |c| {
+        c.handler = HandlerKind::Bridge {
+            url,
+            connect_timeout: Duration::from_secs(1),
+        };
+        c.twilio_api_base_url = base;
+        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
+        c.outbound_buffer_bytes = 16 * 1024;
+    })
+    .await;
+    let sid = stream_sid_for("CAhung");
+    let mut call = app.start_call("CAhung").await;
+    bot.wait_received(2).await;
+    bot.stop_reading();
+    // 8,000 bytes of audio a frame, far more than the kernel's buffers and the 16 KiB queue
+    // hold: past them frames to the bot are dropped and counted; the call stays up.
+    let payload =
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0x7f_u8; 8_000]);
+    for n in 0..1_000 {
+        call.media(&sid, n, &payload).await;
+    }
+    // Per-call counts reach /metrics once a second.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut dropped = 0.0;
+    while dropped == 0.0 && std::time::Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        let m = scrape(&app).await;
+        dropped = m
+            .get("callvisor_upstream_dropped_frames_total")
+            .copied()
+            .unwrap_or(0.0);
+    }
+    assert!(dropped > 0.0, "nothing was dropped: the queue grew instead");
+    assert_eq!(app.health().await["active_calls"], 1, "the call goes on");
+    call.stop(&sid, "CAhung").await;
+    assert_eq!(call.expect_close().await.0, 1000);
     app.wait_for_active(0).await;
 }
 

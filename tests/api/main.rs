@@ -1,5 +1,6 @@
 //! Black-box tests: the real server on port 0, driven over real sockets as Twilio would.
 
+mod apps;
 mod auth;
 mod backpressure;
 mod bad_input;
