@@ -132,8 +132,22 @@ def time_http(port, n):
     return out
 
 
-def run_step(calls, args, time_endpoints):
-    server = Server(args.server_core, calls + 10)
+def run_step(calls, args, time_endpoints, bridge=False):
+    """One step; `bridge`: the measured server runs HANDLER=bridge in front of a second callvisor
+    (HANDLER=echo) as the bot, both pinned to the server core; CPU and RSS are the bridge's."""
+    bot = None
+    extra = {}
+    if bridge:
+        bot = Server(args.server_core, calls + 10)
+        extra = {
+            "HANDLER": "bridge",
+            "BRIDGE_URL": f"ws://127.0.0.1:{bot.port}/media-stream",
+            # Call control must be configured for an app; the bench never hangs up through it.
+            "TWILIO_API_KEY_SID": "SK" + "0" * 32,
+            "TWILIO_API_KEY_SECRET": "unused",
+            "TWILIO_API_BASE_URL": "http://127.0.0.1:9",
+        }
+    server = Server(args.server_core, calls + 10, extra)
     pid = server.proc.pid
     rss_idle = rss_kib(pid)
     sim = subprocess.Popen(
@@ -161,9 +175,12 @@ def run_step(calls, args, time_endpoints):
     rss_live = rss_kib(pid)
     out, _ = sim.communicate()
     server.stop()
+    if bot:
+        bot.stop()
     s = json.loads(out)
     frames = frames1 - frames0
     return {
+        "mode": "bridge" if bridge else "echo",
         "calls": calls,
         "live": live,
         "connected": s["connected"],
@@ -223,6 +240,9 @@ def main():
     p.add_argument("--callsim-core", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     p.add_argument("--server", help="the server binary (default: this tree's release build)")
+    p.add_argument("--handler", choices=["echo", "bridge"], default="echo",
+                   help="bridge: each step twice, echo direct, then HANDLER=bridge in front of an "
+                        "echo bot (a second callvisor on the server core)")
     args = p.parse_args()
     if args.server:
         SERVER = os.path.abspath(args.server)
@@ -240,13 +260,14 @@ def main():
 
     timed_step = max([s for s in args.steps if s <= 1000] or [min(args.steps)])
     results = []
-    header = (f"{'calls':>6} {'live':>6} {'failed':>6} {'echo p99':>9} {'lost':>6} "
+    header = (f"{'mode':>6} {'calls':>6} {'live':>6} {'failed':>6} {'echo p99':>9} {'lost':>6} "
               f"{'sim lag p99':>11} {'CPU us/frame':>12} {'server CPU':>10} {'steal':>5} {'RSS/call':>9}")
     print(header)
-    for calls in args.steps:
-        r = run_step(calls, args, calls == timed_step)
+    modes = [False, True] if args.handler == "bridge" else [False]
+    for calls, bridge in ((c, b) for c in args.steps for b in modes):
+        r = run_step(calls, args, calls == timed_step and not bridge, bridge)
         results.append(r)
-        print(f"{r['calls']:>6} {r['live']:>6} {r['failed']:>6} {fmt(r['rtt_p99'], '>7.2f')}ms "
+        print(f"{r['mode']:>6} {r['calls']:>6} {r['live']:>6} {r['failed']:>6} {fmt(r['rtt_p99'], '>7.2f')}ms "
               f"{r['lost']:>6} {fmt(r['lag_p99'], '>9.2f')}ms {fmt(r['cpu_us_per_frame'], '>12.1f')} "
               f"{fmt(r['server_cpu_pct'], '>9.0f')}% {r['steal_pct']:>4.0f}% "
               f"{fmt(r['rss_kib_per_call'], '>6.1f')}KiB",

@@ -47,9 +47,12 @@ pub enum UpstreamState {
 }
 
 thread_local! {
-    /// awc's client is per thread (not `Send`); every call of a worker shares its pool.
+    /// awc's client is per thread (not `Send`); every call of a worker shares it.
     static CLIENT: awc::Client = awc::Client::builder()
-        // The handshake's own bound is the request's timeout (below).
+        // awc's connector allows 100 connections at once by default, and an upstream is held
+        // for a whole call: unlimited, so call 101 does not wait for call 1 to end (LIMIT_CONCURRENCY
+        // is the bound). The handshake's own bound is the request's timeout (below).
+        .connector(awc::Connector::new().limit(0))
         .timeout(Duration::from_secs(3600))
         .finish();
 }

@@ -321,3 +321,34 @@ impl TestStream {
         assert_eq!(self.next_json().await["media"]["payload"], "AQID");
     }
 }
+
+#[actix_web::test]
+async fn more_than_a_hundred_calls_bridge_at_once() {
+    // The bot: a second callvisor echoing, which speaks Media Streams like any Twilio bot.
+    // (awc pools 100 connections per host by default; the bridge must not queue call 101.)
+    let bot = spawn_app_with(|c| c.limit_concurrency = 150).await;
+    let twilio = FakeTwilio::start(KEY_SID, "key-secret");
+    let bot_url = format!("ws://127.0.0.1:{}/media-stream", bot.port);
+    let (url, base) = (bot_url, twilio.base.clone());
+    let app = spawn_app_with(move |c| {
+        c.limit_concurrency = 150;
+        c.handler = HandlerKind::Bridge {
+            url,
+            connect_timeout: Duration::from_secs(5),
+        };
+        c.twilio_api_base_url = base;
+        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
+    })
+    .await;
+    let (s, code) = crate::callsim::callsim(
+        &app.base,
+        &["--calls", "110", "--duration", "3s", "--ramp", "500ms"],
+    )
+    .await;
+    assert_eq!((code, &s["connected"]), (0, &json!(110)), "{s:#}");
+    assert_eq!(s["redirected"], 0, "no call failed over: {s:#}");
+    assert_eq!(s["frames"]["lost"], 0, "{:#}", s["frames"]);
+    let health = bot.wait_for_active(0).await;
+    assert_eq!(health["calls_admitted"], 110);
+    app.wait_for_active(0).await;
+}

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Runs the callsim binary to its end; returns its `--json` summary and exit code.
-async fn callsim(target: &str, args: &[&str]) -> (Value, i32) {
+pub async fn callsim(target: &str, args: &[&str]) -> (Value, i32) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_callsim"));
     cmd.args(["--target", target, "--json"])
         .args(args)
