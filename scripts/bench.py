@@ -138,7 +138,8 @@ def run_step(calls, args, time_endpoints, bridge=False):
     bot = None
     extra = {}
     if bridge:
-        bot = Server(args.server_core, calls + 10)
+        bot_core = args.server_core if args.bot_core is None else args.bot_core
+        bot = Server(bot_core, calls + 10)
         extra = {
             "HANDLER": "bridge",
             "BRIDGE_URL": f"ws://127.0.0.1:{bot.port}/media-stream",
@@ -242,7 +243,9 @@ def main():
     p.add_argument("--server", help="the server binary (default: this tree's release build)")
     p.add_argument("--handler", choices=["echo", "bridge"], default="echo",
                    help="bridge: each step twice, echo direct, then HANDLER=bridge in front of an "
-                        "echo bot (a second callvisor on the server core)")
+                        "echo bot (a second callvisor, on the server core unless --bot-core)")
+    p.add_argument("--bot-core", type=int, default=None,
+                   help="with --handler bridge: the core of the echo bot (default: the server's)")
     args = p.parse_args()
     if args.server:
         SERVER = os.path.abspath(args.server)
