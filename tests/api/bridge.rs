@@ -352,3 +352,43 @@ async fn more_than_a_hundred_calls_bridge_at_once() {
     assert_eq!(health["calls_admitted"], 110);
     app.wait_for_active(0).await;
 }
+
+#[actix_web::test]
+async fn callsim_stands_in_for_twilios_rest_api_so_a_hang_up_ends_the_call() {
+    // The whole loop on one machine: callsim (with --twilio-api) → callvisor bridge → bot.
+    let bot = Bot::start();
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = bot.url.clone();
+    let app = spawn_app_with(move |c| {
+        c.handler = HandlerKind::Bridge {
+            url,
+            connect_timeout: Duration::from_secs(5),
+        };
+        c.twilio_api_base_url = format!("http://127.0.0.1:{api_port}");
+        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
+    })
+    .await;
+    let base = app.base.clone();
+    let sim = actix_web::rt::spawn(async move {
+        let api = format!("127.0.0.1:{api_port}");
+        crate::callsim::callsim(
+            &base,
+            &["--calls", "1", "--duration", "30s", "--twilio-api", &api],
+        )
+        .await
+    });
+    // The bot hears the call start, then hangs up: without a stand-in for Twilio's REST API the
+    // call would go on for its 30 s (or come back through its <Redirect>).
+    bot.wait_received(2).await;
+    bot.send(json!({"event": "hangup"})).await;
+    let (s, code) = sim.await.unwrap();
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["hung_up_by_app"], 1, "{s:#}");
+    assert_eq!(s["call_records"][0]["outcome"], "hung up by app");
+    assert!(s["elapsed_secs"].as_f64().unwrap() < 30.0);
+    app.wait_for_active(0).await;
+}

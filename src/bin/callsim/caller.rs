@@ -22,6 +22,7 @@ use callvisor::twilio::twiml::{self, StreamTarget, Verb};
 
 use crate::chaos::{self, Kind, Plan};
 use crate::report::{micros, CallRecord, Outcome, Stats};
+use crate::twilio_api::{AppAction, FakeApi};
 
 /// Twilio follows at most this many `<Redirect>`s in one call.
 pub const MAX_REDIRECTS: u32 = 10;
@@ -40,6 +41,8 @@ pub struct Ctx {
     pub client: awc::Client,
     /// Sockets that close with a reset (SO_LINGER 0), for `--chaos` callers that vanish.
     pub resetting_client: awc::Client,
+    /// `--twilio-api`: what apps did to calls through the REST API stand-in.
+    pub api: Option<crate::twilio_api::Shared>,
     pub webhook_url: String,
     pub auth_token: Option<String>,
     pub account_sid: String,
@@ -60,6 +63,8 @@ enum LegEnd {
     Refused(String),
     /// The socket broke without a close frame: Twilio ends the call.
     Broken(String),
+    /// The app hung the call up or transferred it through the REST API (`--twilio-api`).
+    App(AppAction),
 }
 
 /// A call's progress across webhooks and stream legs.
@@ -94,7 +99,13 @@ pub async fn run(ctx: &Ctx, call_sid: String, plan: Option<Plan>) -> CallRecord 
         handoff_started: None,
         plan,
     };
+    if let Some(api) = &ctx.api {
+        FakeApi::call_started(api, &call.record.call_sid);
+    }
     let (outcome, reason) = run_twiml(ctx, &mut call).await;
+    if let Some(api) = &ctx.api {
+        FakeApi::call_ended(api, &call.record.call_sid);
+    }
     call.record.outcome = outcome;
     call.record.reason = reason;
     call.record
@@ -116,6 +127,14 @@ async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>)
                         Err(reason) => return (Outcome::Failed, Some(reason)),
                         Ok(None) => return (Outcome::Connected, None),
                         Ok(Some(LegEnd::HungUp)) => return (Outcome::Connected, None),
+                        Ok(Some(LegEnd::App(AppAction::HungUp { said }))) => {
+                            call.record.said = said;
+                            return (Outcome::HungUpByApp, None);
+                        }
+                        Ok(Some(LegEnd::App(AppAction::Transferred { to }))) => {
+                            call.record.said = Some(format!("<Dial>{to}</Dial>"));
+                            return (Outcome::Transferred, None);
+                        }
                         Ok(Some(LegEnd::Closed(end) | LegEnd::Refused(end))) => {
                             if end == "1001 handoff" {
                                 call.record.handoffs += 1;
@@ -413,6 +432,9 @@ impl<'a> Leg<'a> {
                         }
                         Frame::Close(reason) => {
                             let _ = ws.send(Message::Close(reason.clone())).await;
+                            if let Some(action) = self.app_action() {
+                                return LegEnd::App(action);
+                            }
                             if stop_sent.is_some() {
                                 return LegEnd::HungUp;
                             }
@@ -423,6 +445,11 @@ impl<'a> Leg<'a> {
                 }
                 scheduled = ticks.tick(), if stop_sent.is_none() => {
                     let now = Instant::now();
+                    if let Some(action) = self.app_action() {
+                        // Twilio ended the call for the app: its stream gets `stop`.
+                        let _ = self.send_stop(ws).await;
+                        return LegEnd::App(action);
+                    }
                     if now >= hang_up_at {
                         // The caller hangs up: Twilio sends `stop` and the server closes.
                         let stop = TwilioFrame::Stop {
@@ -457,6 +484,26 @@ impl<'a> Leg<'a> {
                 }
             }
         }
+    }
+
+    /// What the app did to this call through `--twilio-api`, if anything.
+    fn app_action(&self) -> Option<AppAction> {
+        let api = self.ctx.api.as_ref()?;
+        FakeApi::take_action(api, &self.call.record.call_sid)
+    }
+
+    async fn send_stop(&mut self, ws: &mut Ws) -> Result<(), LegEnd> {
+        let stop = TwilioFrame::Stop {
+            sequence_number: self.next_sequence(),
+            stream_sid: &self.stream_sid,
+            stop: Stop {
+                account_sid: self.ctx.account_sid.clone(),
+                call_sid: self.call.record.call_sid.clone(),
+            },
+        };
+        ws.send(Message::Text(stop.to_json().into()))
+            .await
+            .map_err(|_| LegEnd::Broken("stream write failed".into()))
     }
 
     /// `connected` then `start`, with the `<Parameter>`s as custom parameters.

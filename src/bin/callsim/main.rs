@@ -15,6 +15,7 @@ mod caller;
 mod chaos;
 mod net;
 mod report;
+mod twilio_api;
 
 use std::cell::RefCell;
 use std::process::ExitCode;
@@ -74,6 +75,10 @@ struct Args {
     /// the same mix).
     #[arg(long, requires = "chaos")]
     seed: Option<u64>,
+    /// Serve a stand-in for Twilio's REST API here (e.g. 127.0.0.1:8081) and point the server's
+    /// TWILIO_API_BASE_URL at it: calls an app hangs up or transfers end as such in the report.
+    #[arg(long, value_name = "ADDR")]
+    twilio_api: Option<std::net::SocketAddr>,
 }
 
 fn parse_target(s: &str) -> Result<String, String> {
@@ -131,10 +136,25 @@ async fn run(args: Args) -> ExitCode {
     if args.chaos {
         eprintln!("callsim: chaos seed {seed} (replay with --chaos --seed {seed})");
     }
+    let api = match args.twilio_api.map(twilio_api::start) {
+        None => None,
+        Some(Ok(api)) => {
+            eprintln!(
+                "callsim: Twilio REST API stand-in on http://{} (the server's TWILIO_API_BASE_URL)",
+                args.twilio_api.unwrap()
+            );
+            Some(api)
+        }
+        Some(Err(e)) => {
+            eprintln!("callsim: cannot serve --twilio-api: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let stats = Rc::new(RefCell::new(Stats::default()));
     let ctx = Rc::new(Ctx {
         client,
         resetting_client,
+        api,
         webhook_url: format!("{}{}", args.target, args.webhook_path),
         auth_token: args.auth_token.clone(),
         account_sid: format!("AC{:032x}", 0x0ca1_1517_u128),

@@ -18,6 +18,11 @@ pub enum Outcome {
     Busy,
     /// Anything else: HTTP errors, bad TwiML, a dropped socket, too many redirects.
     Failed,
+    /// The server's app hung the call up through Twilio's REST API (`--twilio-api`).
+    #[serde(rename = "hung up by app")]
+    HungUpByApp,
+    /// The server's app transferred the call (`<Dial>` through `--twilio-api`).
+    Transferred,
 }
 
 /// One finished call.
@@ -133,6 +138,9 @@ pub struct Summary {
     pub connected: usize,
     pub busy: usize,
     pub failed: usize,
+    /// `--twilio-api`: calls the server's app hung up / transferred through the REST API.
+    pub hung_up_by_app: usize,
+    pub transferred: usize,
     pub failed_by_reason: BTreeMap<String, usize>,
     /// Calls that followed at least one `<Redirect>`.
     pub redirected: usize,
@@ -179,7 +187,7 @@ impl Summary {
                     *failed_by_reason.entry(reason).or_insert(0) += 1;
                 }
                 Outcome::Busy => *busy_after_tries.entry(r.redirects + 1).or_insert(0) += 1,
-                Outcome::Connected => {}
+                Outcome::Connected | Outcome::HungUpByApp | Outcome::Transferred => {}
             }
             for end in &r.stream_ends {
                 *stream_ends.entry(end.clone()).or_insert(0) += 1;
@@ -196,6 +204,8 @@ impl Summary {
             connected: count(Outcome::Connected),
             busy: count(Outcome::Busy),
             failed: count(Outcome::Failed),
+            hung_up_by_app: count(Outcome::HungUpByApp),
+            transferred: count(Outcome::Transferred),
             failed_by_reason,
             redirected: records.iter().filter(|r| r.redirects > 0).count(),
             redirects: records.iter().map(|r| u64::from(r.redirects)).sum(),
@@ -260,6 +270,10 @@ impl Summary {
                 format!("{} ({tries})", self.busy)
             },
         );
+        if self.hung_up_by_app + self.transferred > 0 {
+            row("hung up by app", self.hung_up_by_app.to_string());
+            row("transferred", self.transferred.to_string());
+        }
         row("failed", self.failed.to_string());
         for (reason, n) in &self.failed_by_reason {
             row("", format!("{n} × {reason}"));
