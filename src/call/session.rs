@@ -291,9 +291,7 @@ impl CallSession {
                 h.on_end(&end, call);
                 Ok(())
             });
-            for frame in std::mem::take(&mut self.requests.upstream_out) {
-                self.send_upstream(frame);
-            }
+            self.flush_upstream_requests();
             // The call is ending: whatever else the app asked for no longer applies.
             self.requests.connect = None;
             self.requests.end = None;
@@ -472,9 +470,7 @@ impl CallSession {
     /// Carries out what the app's last callback asked for: upstream frames, opening or closing
     /// the upstream, ending the call.
     fn apply_requests(&mut self, ctx: &mut Context<Self>) {
-        for frame in std::mem::take(&mut self.requests.upstream_out) {
-            self.send_upstream(frame);
-        }
+        self.flush_upstream_requests();
         if let Some(request) = self.requests.connect.take() {
             if self.upstream_state == UpstreamState::None && self.ending.is_none() {
                 self.upstream_state = UpstreamState::Connecting;
@@ -496,6 +492,19 @@ impl CallSession {
         if let Some(end) = self.requests.end.take() {
             self.end_request(end, ctx);
         }
+    }
+
+    /// Moves the frames the app sent to its upstream into the upstream's queue. The request
+    /// list keeps its capacity, so a relay allocates nothing per frame here.
+    fn flush_upstream_requests(&mut self) {
+        if self.requests.upstream_out.is_empty() {
+            return;
+        }
+        let mut frames = std::mem::take(&mut self.requests.upstream_out);
+        for frame in frames.drain(..) {
+            self.send_upstream(frame);
+        }
+        self.requests.upstream_out = frames;
     }
 
     fn send_upstream(&mut self, frame: Message) {

@@ -194,6 +194,9 @@ impl CallHandler for BridgeHandler {
     }
 
     fn on_end(&mut self, end: &CallEnd, call: &mut Call<'_>) {
+        if self.ignored > 0 {
+            log::info!(call_sid = call.call_sid(); "bridge: {} frames from the bot were not part of the protocol and were dropped", self.ignored);
+        }
         if end.handed_off() {
             // The call goes on on another replica, with another bot session: no `stop`.
             return call.close_upstream(1001, "handoff");
