@@ -8,7 +8,7 @@ use actix::Actor;
 use actix_web::{dev::Server, web, App, HttpServer};
 
 use crate::call::handler::HandlerFactory;
-use crate::call::handlers::{BridgeHandler, BridgeSettings, EchoHandler};
+use crate::call::handlers::{BridgeHandler, BridgeSettings, EchoHandler, OpenAiAgent};
 use crate::call::supervisor::CallSupervisor;
 use crate::config::{Config, HandlerKind};
 use crate::http::auth::TwilioAuth;
@@ -38,6 +38,10 @@ impl Application {
                     connect_timeout: *connect_timeout,
                 });
                 Arc::new(move || Box::new(BridgeHandler::new(settings.clone())))
+            }
+            HandlerKind::OpenAi(agent) => {
+                let agent = agent.clone();
+                Arc::new(move || Box::new(OpenAiAgent::new(agent.clone())))
             }
         };
         Self::build_with_handler(config, handler)

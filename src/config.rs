@@ -51,8 +51,40 @@ pub const ENV_BRIDGE_URL: &str = "BRIDGE_URL";
 pub const ENV_BRIDGE_CONNECT_TIMEOUT_SECS: &str = "BRIDGE_CONNECT_TIMEOUT_SECS";
 pub const DEFAULT_BRIDGE_CONNECT_TIMEOUT_SECS: u64 = 5;
 
+pub const ENV_OPENAI_API_KEY: &str = "OPENAI_API_KEY";
+pub const ENV_OPENAI_REALTIME_URL: &str = "OPENAI_REALTIME_URL";
+pub const DEFAULT_OPENAI_REALTIME_URL: &str = "wss://api.openai.com/v1/realtime";
+pub const ENV_OPENAI_MODEL: &str = "OPENAI_MODEL";
+pub const DEFAULT_OPENAI_MODEL: &str = "gpt-realtime";
+pub const ENV_AGENT_INSTRUCTIONS: &str = "AGENT_INSTRUCTIONS";
+pub const ENV_AGENT_INSTRUCTIONS_FILE: &str = "AGENT_INSTRUCTIONS_FILE";
+pub const DEFAULT_AGENT_INSTRUCTIONS: &str = "You are a friendly, concise phone assistant. \
+    The caller is on a phone line: keep answers short and spoken, never use lists or markup. \
+    When the caller says goodbye or is done, say a short goodbye and call end_call.";
+pub const ENV_AGENT_VOICE: &str = "AGENT_VOICE";
+pub const DEFAULT_AGENT_VOICE: &str = "alloy";
+pub const ENV_AGENT_GREETING: &str = "AGENT_GREETING";
+pub const ENV_AGENT_TRANSFER_NUMBER: &str = "AGENT_TRANSFER_NUMBER";
+
+/// `HANDLER=openai`: the voice agent's settings.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// `OPENAI_API_KEY`; never logged.
+    pub api_key: SecretString,
+    /// `OPENAI_REALTIME_URL` (`wss://…`; tests point it at a fake).
+    pub url: String,
+    pub model: String,
+    /// The system prompt; `{{From}}`-style placeholders take the call's `<Parameter>`s.
+    pub instructions: String,
+    pub voice: String,
+    /// When set, the agent speaks first, with this.
+    pub greeting: Option<String>,
+    /// When set (E.164), the agent has a `transfer_call` tool.
+    pub transfer_number: Option<String>,
+}
+
 /// The app every call runs (`HANDLER`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum HandlerKind {
     /// Every audio frame straight back to the caller.
     Echo,
@@ -62,6 +94,31 @@ pub enum HandlerKind {
         url: String,
         connect_timeout: Duration,
     },
+    /// A phone voice agent on OpenAI's Realtime API.
+    OpenAi(std::sync::Arc<AgentConfig>),
+}
+
+impl PartialEq for HandlerKind {
+    /// Compares what is not secret.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (HandlerKind::Echo, HandlerKind::Echo) => true,
+            (
+                HandlerKind::Bridge {
+                    url: a,
+                    connect_timeout: x,
+                },
+                HandlerKind::Bridge {
+                    url: b,
+                    connect_timeout: y,
+                },
+            ) => a == b && x == y,
+            (HandlerKind::OpenAi(a), HandlerKind::OpenAi(b)) => {
+                (&a.url, &a.model, &a.voice) == (&b.url, &b.model, &b.voice)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl HandlerKind {
@@ -70,6 +127,7 @@ impl HandlerKind {
         match self {
             HandlerKind::Echo => "echo",
             HandlerKind::Bridge { .. } => "bridge",
+            HandlerKind::OpenAi(_) => "openai",
         }
     }
 }
@@ -277,8 +335,8 @@ impl Config {
             }
         };
 
-        let handler = match parse(ENV_HANDLER, "echo or bridge", &|v| {
-            v == "echo" || v == "bridge"
+        let handler = match parse(ENV_HANDLER, "echo, bridge or openai", &|v| {
+            v == "echo" || v == "bridge" || v == "openai"
         })?
         .as_deref()
         {
@@ -304,6 +362,7 @@ impl Config {
                     connect_timeout,
                 }
             }
+            Some("openai") => HandlerKind::OpenAi(std::sync::Arc::new(agent_config(&get)?)),
             _ => HandlerKind::Echo,
         };
         if handler != HandlerKind::Echo && twilio_api_key.is_none() && twilio_auth_token.is_none() {
@@ -398,6 +457,12 @@ impl fmt::Display for Config {
             self.handler.name(),
             match &self.handler {
                 HandlerKind::Bridge { url, .. } => format!("({})", url_origin(url)),
+                HandlerKind::OpenAi(agent) => format!(
+                    "({} model={} voice={})",
+                    url_origin(&agent.url),
+                    agent.model,
+                    agent.voice
+                ),
                 HandlerKind::Echo => String::new(),
             },
             self.rest_credentials()
@@ -420,6 +485,73 @@ fn valid_base_url(v: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// `HANDLER=openai`'s variables.
+fn agent_config(get: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, ConfigError> {
+    let api_key = get(ENV_OPENAI_API_KEY)
+        .map(|k| SecretString::from(k.trim().to_string()))
+        .ok_or(ConfigError {
+            variable: ENV_OPENAI_API_KEY,
+            value: String::new(),
+            expected: "HANDLER=openai talks to OpenAI's Realtime API with it",
+        })?;
+    let url = match get(ENV_OPENAI_REALTIME_URL) {
+        Some(v) if valid_ws_url(v.trim()) => v.trim().to_string(),
+        Some(v) => {
+            return Err(ConfigError {
+                variable: ENV_OPENAI_REALTIME_URL,
+                value: v,
+                expected: "a ws:// or wss:// URL",
+            })
+        }
+        None => DEFAULT_OPENAI_REALTIME_URL.to_string(),
+    };
+    let instructions = match (
+        get(ENV_AGENT_INSTRUCTIONS),
+        get(ENV_AGENT_INSTRUCTIONS_FILE),
+    ) {
+        (Some(text), _) => text,
+        (None, Some(path)) => std::fs::read_to_string(path.trim()).map_err(|_| ConfigError {
+            variable: ENV_AGENT_INSTRUCTIONS_FILE,
+            value: path,
+            expected: "a readable file holding the agent's instructions",
+        })?,
+        (None, None) => DEFAULT_AGENT_INSTRUCTIONS.to_string(),
+    };
+    let transfer_number = match get(ENV_AGENT_TRANSFER_NUMBER) {
+        Some(v) if is_e164(v.trim()) => Some(v.trim().to_string()),
+        Some(v) => {
+            return Err(ConfigError {
+                variable: ENV_AGENT_TRANSFER_NUMBER,
+                value: v,
+                expected: "an E.164 number such as +14155550123",
+            })
+        }
+        None => None,
+    };
+    Ok(AgentConfig {
+        api_key,
+        url,
+        model: get(ENV_OPENAI_MODEL).map_or_else(
+            || DEFAULT_OPENAI_MODEL.to_string(),
+            |m| m.trim().to_string(),
+        ),
+        instructions,
+        voice: get(ENV_AGENT_VOICE)
+            .map_or_else(|| DEFAULT_AGENT_VOICE.to_string(), |v| v.trim().to_string()),
+        greeting: get(ENV_AGENT_GREETING),
+        transfer_number,
+    })
+}
+
+/// `+` then 2 to 15 digits, the first not 0 (ITU E.164).
+pub fn is_e164(s: &str) -> bool {
+    s.strip_prefix('+').is_some_and(|digits| {
+        (2..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
 }
 
 /// `ws://host…` or `wss://host…`.
@@ -616,6 +748,48 @@ mod tests {
                 && missing.to_string().contains("TWILIO_AUTH_TOKEN"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn the_openai_agent_needs_its_key_which_never_shows() {
+        let creds = ("TWILIO_AUTH_TOKEN", "tok");
+        let err = parse(&[("HANDLER", "openai"), creds]).unwrap_err();
+        assert_eq!(err.variable, "OPENAI_API_KEY");
+        let c = parse(&[
+            ("HANDLER", "openai"),
+            ("OPENAI_API_KEY", "sk-s3cret"),
+            ("AGENT_TRANSFER_NUMBER", "+14155550123"),
+            creds,
+        ])
+        .unwrap();
+        let HandlerKind::OpenAi(agent) = &c.handler else {
+            panic!("{:?}", c.handler)
+        };
+        assert_eq!(agent.url, DEFAULT_OPENAI_REALTIME_URL);
+        assert_eq!(
+            (agent.model.as_str(), agent.voice.as_str()),
+            ("gpt-realtime", "alloy")
+        );
+        assert_eq!(agent.transfer_number.as_deref(), Some("+14155550123"));
+        let shown = format!("{c} {c:?}");
+        assert!(!shown.contains("sk-s3cret"), "{shown}");
+        assert!(
+            shown.contains("handler=openai(wss://api.openai.com model=gpt-realtime voice=alloy)"),
+            "{shown}"
+        );
+        for (var, value) in [
+            ("AGENT_TRANSFER_NUMBER", "555-1234"),
+            ("OPENAI_REALTIME_URL", "https://x"),
+        ] {
+            let err = parse(&[
+                ("HANDLER", "openai"),
+                ("OPENAI_API_KEY", "k"),
+                (var, value),
+                creds,
+            ])
+            .unwrap_err();
+            assert_eq!(err.variable, var);
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ fn run_with_all(vars: &[(&str, &str)]) -> std::process::Output {
 #[test]
 fn a_call_app_that_cannot_run_exits_2_saying_what_is_missing() {
     for (vars, needle) in [
-        (vec![("HANDLER", "agent")], "invalid HANDLER=\"agent\": expected echo or bridge"),
+        (vec![("HANDLER", "agent")], "invalid HANDLER=\"agent\": expected echo, bridge or openai"),
         (
             vec![("HANDLER", "bridge"), ("TWILIO_AUTH_TOKEN", "t")],
             "missing BRIDGE_URL",

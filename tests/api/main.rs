@@ -1,5 +1,6 @@
 //! Black-box tests: the real server on port 0, driven over real sockets as Twilio would.
 
+mod agent;
 mod apps;
 mod auth;
 mod backpressure;
@@ -13,6 +14,7 @@ mod capacity;
 mod config_errors;
 mod disconnects;
 mod drain;
+mod fake_openai;
 mod fake_twilio;
 mod helpers;
 mod observability;

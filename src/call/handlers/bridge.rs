@@ -25,6 +25,7 @@ use serde::Deserialize;
 use crate::call::handler::{
     Call, CallEnd, CallHandler, HandlerError, MediaChunk, UpstreamEvent, UpstreamRequest,
 };
+use crate::config::is_e164;
 use crate::twilio::messages::{Start, TwilioFrame};
 use crate::twilio::signature::STREAM_TOKEN_PARAM;
 
@@ -241,15 +242,6 @@ struct BotMedia {
 #[derive(Deserialize)]
 struct BotMark {
     name: Option<String>,
-}
-
-/// `+` then 2 to 15 digits, the first not 0 (ITU E.164).
-fn is_e164(s: &str) -> bool {
-    s.strip_prefix('+').is_some_and(|digits| {
-        (2..=15).contains(&digits.len())
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0')
-    })
 }
 
 #[cfg(test)]

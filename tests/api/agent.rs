@@ -1,0 +1,211 @@
+//! `HANDLER=openai` against a fake Realtime API and a fake of Twilio's REST API.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use callvisor::config::{AgentConfig, HandlerKind};
+use serde_json::json;
+
+use crate::fake_openai::FakeOpenAi;
+use crate::fake_twilio::FakeTwilio;
+use crate::helpers::*;
+
+const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
+
+async fn agent(model: &FakeOpenAi, twilio: &FakeTwilio, key: &str) -> TestApp {
+    let config = AgentConfig {
+        api_key: key.to_string().into(),
+        url: model.url.clone(),
+        model: "gpt-realtime".into(),
+        instructions: "You help {{From}}.".into(),
+        voice: "alloy".into(),
+        greeting: None,
+        transfer_number: None,
+    };
+    let base = twilio.base.clone();
+    spawn_app_with(move |c| {
+        c.handler = HandlerKind::OpenAi(Arc::new(config));
+        c.twilio_api_base_url = base;
+        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
+    })
+    .await
+}
+
+/// `ms` milliseconds of mu-law as base64 (8 bytes a millisecond).
+fn audio_ms(ms: usize) -> String {
+    base64::engine::general_purpose::STANDARD.encode(vec![0x7f_u8; ms * 8])
+}
+
+async fn started(app: &TestApp, model: &FakeOpenAi, call_sid: &str) -> TestStream {
+    let mut call = app.open_stream().await;
+    call.connected_and_start(
+        call_sid,
+        &stream_sid_for(call_sid),
+        &[("From".into(), "+14155550100".into())],
+    )
+    .await;
+    model.wait_for("session.update", 1).await;
+    call
+}
+
+/// Sends a caller frame and waits until the model has it: everything the call's actor got
+/// before it has been handled.
+async fn sync(call: &mut TestStream, model: &FakeOpenAi, sid: &str, n: usize) {
+    call.media(sid, n as u64, "AAAA").await;
+    model.wait_for("input_audio_buffer.append", n).await;
+}
+
+#[actix_web::test]
+async fn the_agent_talks_pcmu_both_ways_and_truncates_at_what_the_caller_heard() {
+    let (model, twilio) = (
+        FakeOpenAi::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let app = agent(&model, &twilio, "sk-test").await;
+    assert_eq!(app.health().await["handler"], "openai");
+    let sid = stream_sid_for("CAagent");
+    let mut call = started(&app, &model, "CAagent").await;
+
+    let update = model.wait_for("session.update", 1).await;
+    assert_eq!(update["session"]["instructions"], "You help +14155550100.");
+    assert_eq!(update["session"]["audio"]["output"]["voice"], "alloy");
+    assert_eq!(update["session"]["tools"][0]["name"], "end_call");
+    assert_eq!(model.models(), ["gpt-realtime"]);
+
+    // Caller audio goes out unchanged.
+    call.media(&sid, 1, "f39/fw==").await;
+    let append = model.wait_for("input_audio_buffer.append", 1).await;
+    assert_eq!(append["audio"], "f39/fw==");
+
+    // Two 100 ms deltas of one item: each reaches the caller, followed by a mark.
+    for _ in 0..2 {
+        model
+            .send(json!({"type": "response.output_audio.delta", "item_id": "item1", "delta": audio_ms(100)}))
+            .await;
+    }
+    let mut marks = Vec::new();
+    for _ in 0..4 {
+        let frame = call.next_json().await;
+        assert_eq!(frame["streamSid"], sid.as_str());
+        match frame["event"].as_str().unwrap() {
+            "media" => assert_eq!(frame["media"]["payload"], audio_ms(100)),
+            "mark" => marks.push(frame["mark"]["name"].as_str().unwrap().to_string()),
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(marks.len(), 2);
+    // The caller heard the first 100 ms (its mark came back), then talks over the rest.
+    call.mark(&sid, &marks[0]).await;
+    sync(&mut call, &model, &sid, 2).await;
+    model
+        .send(json!({"type": "input_audio_buffer.speech_started"}))
+        .await;
+    assert_eq!(
+        call.next_json().await,
+        json!({"event": "clear", "streamSid": sid})
+    );
+    let truncate = model.wait_for("conversation.item.truncate", 1).await;
+    assert_eq!(
+        truncate,
+        json!({"type": "conversation.item.truncate", "item_id": "item1", "content_index": 0, "audio_end_ms": 100})
+    );
+
+    // A key press reaches the model as text.
+    call.dtmf(&sid, "5").await;
+    let item = model.wait_for("conversation.item.create", 1).await;
+    assert_eq!(item["item"]["content"][0]["text"], "The caller pressed 5");
+
+    // The caller hangs up: the model's socket is closed at once.
+    call.stop(&sid, "CAagent").await;
+    assert_eq!(call.expect_close().await.0, 1000);
+    assert_eq!(model.wait_closed().await, 1000);
+    app.wait_for_active(0).await;
+}
+
+#[actix_web::test]
+async fn end_call_lets_the_goodbye_play_then_hangs_up() {
+    let (model, twilio) = (
+        FakeOpenAi::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let app = agent(&model, &twilio, "sk-test").await;
+    twilio.live_call("CAbye");
+    let sid = stream_sid_for("CAbye");
+    let mut call = started(&app, &model, "CAbye").await;
+    model
+        .send(json!({"type": "response.output_audio.delta", "item_id": "bye", "delta": audio_ms(300)}))
+        .await;
+    model
+        .send(json!({"type": "response.output_item.done", "item": {"type": "function_call", "name": "end_call", "call_id": "c1", "arguments": "{}"}}))
+        .await;
+    assert_eq!(call.next_json().await["event"], "media");
+    let mark = call.next_json().await;
+    assert_eq!(mark["event"], "mark");
+    // The goodbye has not played yet: no hang-up.
+    sync(&mut call, &model, &sid, 1).await;
+    assert!(
+        twilio.updates().is_empty(),
+        "hung up before the goodbye played"
+    );
+    call.mark(&sid, mark["mark"]["name"].as_str().unwrap())
+        .await;
+    assert_eq!(call.expect_close().await, (1000, "hangup".into()));
+    assert_eq!(
+        twilio.updates()[0].form,
+        [("Status".into(), "completed".into())]
+    );
+    app.wait_for_active(0).await;
+}
+
+#[actix_web::test]
+async fn a_model_gone_mid_call_leaves_the_caller_an_apology_not_silence() {
+    let twilio = FakeTwilio::start(KEY_SID, "key-secret");
+    for how in ["closes", "errors"] {
+        let model = FakeOpenAi::start("sk-test");
+        let app = agent(&model, &twilio, "sk-test").await;
+        let call_sid = format!("CAgone{how}");
+        twilio.live_call(&call_sid);
+        let mut call = started(&app, &model, &call_sid).await;
+        match how {
+            "closes" => model.close(1001, "maximum duration reached").await,
+            _ => {
+                model
+                    .send(json!({"type": "error", "error": {"type": "invalid_request_error", "code": "session_expired", "message": "Your session hit the maximum duration of 60 minutes."}}))
+                    .await
+            }
+        }
+        assert_eq!(call.expect_close().await, (1000, "hangup".into()), "{how}");
+        let update = twilio
+            .updates()
+            .into_iter()
+            .find(|u| u.call_sid == call_sid)
+            .unwrap();
+        assert!(
+            update.form[0]
+                .1
+                .contains("<Say>Sorry, the assistant is unavailable")
+                && update.form[0].1.contains("<Hangup/>"),
+            "{how}: {update:?}"
+        );
+        app.wait_for_active(0).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_wrong_key_or_an_unreachable_model_fails_the_call_over() {
+    let (model, twilio) = (
+        FakeOpenAi::start("sk-right"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let app = agent(&model, &twilio, "sk-wrong").await;
+    let mut call = app.start_call("CAkey").await;
+    assert_eq!(
+        call.expect_close().await,
+        (1011, "model unavailable".into())
+    );
+    app.wait_for_active(0).await;
+    assert!(
+        twilio.updates().is_empty(),
+        "another replica may reach the model"
+    );
+}
