@@ -27,6 +27,7 @@ impl Application {
     /// Binds `config.host:config.port` and prepares the server with the app `HANDLER` names.
     /// Must run inside an actix system.
     pub fn build(config: Config) -> std::io::Result<Self> {
+        let metrics = Metrics::new();
         let handler: HandlerFactory = match &config.handler {
             HandlerKind::Echo => Arc::new(|| Box::new(EchoHandler)),
             HandlerKind::Bridge {
@@ -40,19 +41,26 @@ impl Application {
                 Arc::new(move || Box::new(BridgeHandler::new(settings.clone())))
             }
             HandlerKind::OpenAi(agent) => {
-                let agent = agent.clone();
-                Arc::new(move || Box::new(OpenAiAgent::new(agent.clone())))
+                let (agent, metrics) = (agent.clone(), metrics.clone());
+                Arc::new(move || Box::new(OpenAiAgent::new(agent.clone(), metrics.clone())))
             }
         };
-        Self::build_with_handler(config, handler)
+        Self::build_with(config, handler, metrics)
     }
 
     /// [`Application::build`] with another call handler: each admitted call gets its own
     /// instance from `handler`.
     pub fn build_with_handler(config: Config, handler: HandlerFactory) -> std::io::Result<Self> {
+        Self::build_with(config, handler, Metrics::new())
+    }
+
+    fn build_with(
+        config: Config,
+        handler: HandlerFactory,
+        metrics: Metrics,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind((config.host, config.port))?;
         let port = listener.local_addr()?.port();
-        let metrics = Metrics::new();
         let supervisor = CallSupervisor::new(config.limit_concurrency, metrics.clone()).start();
         let auth = config
             .twilio_auth_token

@@ -50,6 +50,14 @@ pub struct Metrics {
     pub upstream_failures: Family<Label, Counter>,
     pub upstream_frames: Family<Label, Counter>,
     pub upstream_dropped: Counter,
+    /// `HANDLER=openai`: the model's handshake, the wait from the caller's end of speech (or a
+    /// response asked for) to the agent's first audio, barge-ins, tool calls (`name`), model
+    /// errors (`type`: session_expired, rate_limit, server_error, other).
+    pub agent_connect: Histogram,
+    pub agent_first_audio: Histogram,
+    pub agent_barge_ins: Counter,
+    pub agent_tool_calls: Family<Label, Counter>,
+    pub agent_model_errors: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,6 +88,11 @@ impl Metrics {
         let upstream_failures = Family::default();
         let upstream_frames = Family::default();
         let upstream_dropped = Counter::default();
+        let agent_connect = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let agent_first_audio = Histogram::new(exponential_buckets(0.01, 1.5, 16));
+        let agent_barge_ins = Counter::default();
+        let agent_tool_calls = Family::default();
+        let agent_model_errors = Family::default();
 
         let mut r = Registry::with_prefix("callvisor");
         r.register(
@@ -168,6 +181,31 @@ impl Metrics {
             "Frames to an upstream dropped because it did not keep up",
             upstream_dropped.clone(),
         );
+        r.register(
+            "agent_connect_seconds",
+            "Voice agent: the model's WebSocket handshake",
+            agent_connect.clone(),
+        );
+        r.register(
+            "agent_first_audio_seconds",
+            "Voice agent: from the caller's end of speech (or a response asked for) to the first agent audio",
+            agent_first_audio.clone(),
+        );
+        r.register(
+            "agent_barge_ins",
+            "Voice agent: callers who talked over the agent",
+            agent_barge_ins.clone(),
+        );
+        r.register(
+            "agent_tool_calls",
+            "Voice agent: tool calls, by name",
+            agent_tool_calls.clone(),
+        );
+        r.register(
+            "agent_model_errors",
+            "Voice agent: error events from the model, by type",
+            agent_model_errors.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             calls_active,
@@ -188,6 +226,11 @@ impl Metrics {
             upstream_failures,
             upstream_frames,
             upstream_dropped,
+            agent_connect,
+            agent_first_audio,
+            agent_barge_ins,
+            agent_tool_calls,
+            agent_model_errors,
         }
     }
 

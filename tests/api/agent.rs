@@ -77,7 +77,11 @@ async fn the_agent_talks_pcmu_both_ways_and_truncates_at_what_the_caller_heard()
     let append = model.wait_for("input_audio_buffer.append", 1).await;
     assert_eq!(append["audio"], "f39/fw==");
 
-    // Two 100 ms deltas of one item: each reaches the caller, followed by a mark.
+    // The caller stops speaking; the agent answers with two 100 ms deltas of one item: each
+    // reaches the caller, followed by a mark.
+    model
+        .send(json!({"type": "input_audio_buffer.speech_stopped"}))
+        .await;
     for _ in 0..2 {
         model
             .send(json!({"type": "response.output_audio.delta", "item_id": "item1", "delta": audio_ms(100)}))
@@ -109,6 +113,11 @@ async fn the_agent_talks_pcmu_both_ways_and_truncates_at_what_the_caller_heard()
         truncate,
         json!({"type": "conversation.item.truncate", "item_id": "item1", "content_index": 0, "audio_end_ms": 100})
     );
+
+    let m = scrape(&app).await;
+    assert_eq!(metric(&m, "callvisor_agent_barge_ins_total"), 1.0);
+    assert_eq!(metric(&m, "callvisor_agent_connect_seconds_count"), 1.0);
+    assert_eq!(metric(&m, "callvisor_agent_first_audio_seconds_count"), 1.0);
 
     // A key press reaches the model as text.
     call.dtmf(&sid, "5").await;
@@ -155,6 +164,11 @@ async fn end_call_lets_the_goodbye_play_then_hangs_up() {
         [("Status".into(), "completed".into())]
     );
     app.wait_for_active(0).await;
+    let m = scrape(&app).await;
+    assert_eq!(
+        metric(&m, "callvisor_agent_tool_calls_total{name=end_call}"),
+        1.0
+    );
 }
 
 #[actix_web::test]
@@ -188,6 +202,16 @@ async fn a_model_gone_mid_call_leaves_the_caller_an_apology_not_silence() {
             "{how}: {update:?}"
         );
         app.wait_for_active(0).await;
+        if how == "errors" {
+            let m = scrape(&app).await;
+            assert_eq!(
+                metric(
+                    &m,
+                    "callvisor_agent_model_errors_total{type=session_expired}"
+                ),
+                1.0
+            );
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use crate::call::handler::{
     Call, CallEnd, CallHandler, HandlerError, MediaChunk, UpstreamEvent, UpstreamRequest,
 };
 use crate::config::AgentConfig;
+use crate::metrics::Metrics;
 use crate::twilio::messages::Start;
 
 /// What the caller hears when the model goes away mid-call.
@@ -45,6 +46,9 @@ struct PendingMark {
 
 pub struct OpenAiAgent {
     config: Arc<AgentConfig>,
+    metrics: Metrics,
+    /// When the model's socket was asked for (connect time).
+    connecting: Option<Instant>,
     open: bool,
     /// The caller's `<Parameter>`s, for `{{Name}}` placeholders in the instructions.
     instructions: String,
@@ -63,10 +67,12 @@ pub struct OpenAiAgent {
 }
 
 impl OpenAiAgent {
-    pub fn new(config: Arc<AgentConfig>) -> Self {
+    pub fn new(config: Arc<AgentConfig>, metrics: Metrics) -> Self {
         OpenAiAgent {
             instructions: String::new(),
             config,
+            metrics,
+            connecting: None,
             open: false,
             marks: VecDeque::new(),
             mark_seq: 0,
@@ -136,7 +142,9 @@ impl OpenAiAgent {
                     return;
                 };
                 if let Some(asked) = self.response_asked.take() {
-                    log::info!(call_sid = call.call_sid(); "agent: first audio {} ms after the response was asked for", asked.elapsed().as_millis());
+                    let waited = asked.elapsed();
+                    self.metrics.agent_first_audio.observe(waited.as_secs_f64());
+                    log::info!(call_sid = call.call_sid(); "agent: first audio {} ms after the caller stopped (or the response was asked for)", waited.as_millis());
                 }
                 if self.item_id.as_deref() != Some(item) {
                     self.item_id = Some(item.to_string());
@@ -154,6 +162,9 @@ impl OpenAiAgent {
                     item_end_ms: self.item_sent_ms,
                 });
             }
+            "input_audio_buffer.speech_stopped" => {
+                self.response_asked = Some(Instant::now());
+            }
             "input_audio_buffer.speech_started" => {
                 if self.marks.is_empty() {
                     return;
@@ -161,6 +172,7 @@ impl OpenAiAgent {
                 // The caller talks over the agent: stop its audio, and tell the model what of
                 // the playing item was really heard.
                 self.barge_ins += 1;
+                self.metrics.agent_barge_ins.inc();
                 call.clear();
                 if let Some(item) = self.item_id.clone() {
                     log::info!(call_sid = call.call_sid(); "agent: barge-in after {} of {} ms", self.item_heard_ms, self.item_sent_ms);
@@ -179,6 +191,15 @@ impl OpenAiAgent {
                 }
                 let name = item["name"].as_str().unwrap_or("");
                 log::info!(call_sid = call.call_sid(); "agent: tool call {name}");
+                let label = match name {
+                    "end_call" => "end_call",
+                    "transfer_call" => "transfer_call",
+                    _ => "other",
+                };
+                self.metrics
+                    .agent_tool_calls
+                    .get_or_create(&[("name", label)])
+                    .inc();
                 match name {
                     "end_call" => {
                         self.ending = true;
@@ -196,6 +217,16 @@ impl OpenAiAgent {
             "error" => {
                 let error = &event["error"];
                 log::error!(call_sid = call.call_sid(); "agent: model error {}: {}", error["code"], error["message"]);
+                let kind = match (error["code"].as_str(), error["type"].as_str()) {
+                    (Some("session_expired"), _) => "session_expired",
+                    (Some(c), _) if c.contains("rate_limit") => "rate_limit",
+                    (_, Some("server_error")) => "server_error",
+                    _ => "other",
+                };
+                self.metrics
+                    .agent_model_errors
+                    .get_or_create(&[("type", kind)])
+                    .inc();
                 call.say_and_hang_up(APOLOGY);
             }
             _ => {}
@@ -219,6 +250,7 @@ impl CallHandler for OpenAiAgent {
             instructions = instructions.replace(&format!("{{{{{name}}}}}"), value);
         }
         self.instructions = instructions;
+        self.connecting = Some(Instant::now());
         let sep = if self.config.url.contains('?') {
             '&'
         } else {
@@ -280,6 +312,11 @@ impl CallHandler for OpenAiAgent {
         match event {
             UpstreamEvent::Open => {
                 self.open = true;
+                if let Some(started) = self.connecting.take() {
+                    self.metrics
+                        .agent_connect
+                        .observe(started.elapsed().as_secs_f64());
+                }
                 let update = self.session_update();
                 self.send(call, update);
                 if let Some(greeting) = self.config.greeting.clone() {
