@@ -6,14 +6,18 @@
 //!  Twilio ══WS /media-stream═══▶ http::stream ──Admit──▶ CallSupervisor (one per process)
 //!                                    │ admitted             admits or refuses, counts
 //!                                    ▼                      (refused: close 1013 / 1001)
-//!                               CallSession actor (one per call) ── CallHandler (echo)
-//!  ops ──GET / , /ready──▶ read the supervisor's snapshot
+//!                               CallSession actor (one per call) ── the call's app (HANDLER:
+//!                                    │ bounded queues both ways       echo | bridge | openai)
+//!                                    ├──▶ the app's upstream WebSocket (a bot, a model)
+//!                                    └──▶ Twilio REST: hang up / transfer (closing ≠ hanging up)
+//!  ops ──GET / , /ready, /metrics──▶ read the supervisor's snapshot
 //!  SIGTERM ──▶ drain: stop admitting, wait, hand remaining calls over, exit
 //! ```
 //!
 //! - [`call::supervisor`]: the single owner of admission and counts.
-//! - [`call::session`]: the actor that owns one call's WebSocket.
-//! - [`twilio`]: the wire formats (stream messages, TwiML), pure code.
+//! - [`call::session`]: the actor that owns one call's WebSocket (and its app's upstream).
+//! - [`call::handler`]: the app contract; [`call::handlers`]: echo, bridge, openai.
+//! - [`twilio`]: the wire formats (stream messages, TwiML, signatures) and REST call control.
 //! - [`drain`]: SIGTERM handling: drain, hand-off, exit.
 //! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
 

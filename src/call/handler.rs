@@ -117,13 +117,25 @@ pub enum EndRequest {
 }
 
 /// Where to open the upstream.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamRequest {
     /// `ws://` or `wss://`.
     pub url: String,
     /// Extra handshake headers (`Authorization: Bearer …`); never logged.
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for UpstreamRequest {
+    /// Header values may be credentials: only their names show.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("UpstreamRequest")
+            .field("url", &self.url)
+            .field("headers", &names)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// What a callback asked of the session besides frames to Twilio; drained after each callback.
