@@ -312,7 +312,7 @@ fn needs_no_escaping(s: &str) -> bool {
 }
 
 /// The byte length of base64 data once decoded (what the caller hears), without decoding it.
-fn decoded_len(b64: &str) -> u64 {
+pub(crate) fn decoded_len(b64: &str) -> u64 {
     let padding = b64.bytes().rev().take_while(|&b| b == b'=').count();
     (b64.len() / 4 * 3).saturating_sub(padding) as u64
 }

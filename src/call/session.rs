@@ -848,8 +848,9 @@ impl Stream for Inbound {
     }
 }
 
-/// Moves the call's queued frames into its socket whenever the socket takes them; stops the
-/// actor once the close frame is handed over, or when the socket is gone.
+/// Moves the call's queued frames into its socket whenever the socket takes them. Once the
+/// close frame is handed over (or the socket is gone) the Twilio side is done; the actor stops
+/// when the app's upstream is done too.
 struct FlushOutbound;
 
 impl ActorFuture<CallSession> for FlushOutbound {

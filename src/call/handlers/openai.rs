@@ -25,7 +25,8 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use crate::call::handler::{
-    Call, CallEnd, CallHandler, HandlerError, MediaChunk, UpstreamEvent, UpstreamRequest,
+    decoded_len, Call, CallEnd, CallHandler, HandlerError, MediaChunk, UpstreamEvent,
+    UpstreamRequest,
 };
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
@@ -346,10 +347,4 @@ impl CallHandler for OpenAiAgent {
         log::info!(call_sid = call.call_sid(); "agent: call ended ({}), {} barge-in(s)", end.reason, self.barge_ins);
         // The session closes the model's socket now (1000): no orphan session billing tokens.
     }
-}
-
-/// Bytes of audio in base64 text, without decoding it.
-fn decoded_len(b64: &str) -> u64 {
-    let padding = b64.bytes().rev().take_while(|&b| b == b'=').count();
-    (b64.len() / 4 * 3).saturating_sub(padding) as u64
 }
