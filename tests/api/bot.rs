@@ -5,10 +5,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use crate::helpers::PATIENCE;
+use crate::helpers::{serve_peer, PATIENCE};
 
 #[derive(Default)]
 struct State {
@@ -32,19 +32,11 @@ impl Bot {
     pub fn start() -> Bot {
         let state: Arc<Mutex<State>> = Arc::default();
         let data = web::Data::new(state.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("ws://{}/bot", listener.local_addr().unwrap());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route("/bot", web::get().to(accept))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_web::rt::spawn(server);
+        let addr = serve_peer(move |cfg| {
+            cfg.app_data(data.clone())
+                .route("/bot", web::get().to(accept));
+        });
+        let url = format!("ws://{addr}/bot");
         Bot { url, state }
     }
 

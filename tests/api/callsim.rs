@@ -169,7 +169,7 @@ mod playback_server {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    use actix_web::{web, HttpRequest, HttpResponse};
     use callvisor::twilio::messages::{Mark, OutboundMedia, ServerFrame, StreamEvent};
     use callvisor::twilio::twiml::{StreamVerb, TwimlResponse};
 
@@ -183,20 +183,12 @@ mod playback_server {
     pub fn start() -> (String, Answers) {
         let answers: Answers = Arc::default();
         let state = web::Data::new(answers.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
+        let addr = crate::helpers::serve_peer(move |cfg| {
+            cfg.app_data(state.clone())
                 .route("/incoming-call", web::post().to(webhook))
-                .route("/media-stream", web::get().to(stream))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_web::rt::spawn(server);
+                .route("/media-stream", web::get().to(stream));
+        });
+        let base = format!("http://{addr}");
         (base, answers)
     }
 

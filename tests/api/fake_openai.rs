@@ -7,10 +7,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use crate::helpers::PATIENCE;
+use crate::helpers::{serve_peer, PATIENCE};
 
 #[derive(Default)]
 struct State {
@@ -35,19 +35,11 @@ impl FakeOpenAi {
             ..State::default()
         }));
         let data = web::Data::new(state.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("ws://{}/v1/realtime", listener.local_addr().unwrap());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route("/v1/realtime", web::get().to(realtime))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_web::rt::spawn(server);
+        let addr = serve_peer(move |cfg| {
+            cfg.app_data(data.clone())
+                .route("/v1/realtime", web::get().to(realtime));
+        });
+        let url = format!("ws://{addr}/v1/realtime");
         FakeOpenAi { url, state }
     }
 

@@ -8,8 +8,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
+
+use crate::helpers::serve_peer;
 
 /// One accepted update.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,20 +49,13 @@ impl FakeTwilio {
             ..State::default()
         }));
         let data = web::Data::new(state.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = HttpServer::new(move || {
-            App::new().app_data(data.clone()).route(
+        let addr = serve_peer(move |cfg| {
+            cfg.app_data(data.clone()).route(
                 "/2010-04-01/Accounts/{account}/Calls/{call}",
                 web::post().to(update_call),
-            )
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_web::rt::spawn(server);
+            );
+        });
+        let base = format!("http://{addr}");
         FakeTwilio { base, state }
     }
 

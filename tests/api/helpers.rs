@@ -24,6 +24,24 @@ pub struct TestApp {
     pub supervisor: Option<actix::Addr<callvisor::call::supervisor::CallSupervisor>>,
 }
 
+/// Starts a test peer of the test's own (a bot, a fake Twilio or OpenAI API) in this test's
+/// actix system, on 127.0.0.1 and a free port; `routes` declares its routes and data.
+pub fn serve_peer(
+    routes: impl Fn(&mut actix_web::web::ServiceConfig) + Send + Clone + 'static,
+) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server =
+        actix_web::HttpServer::new(move || actix_web::App::new().configure(routes.clone()))
+            .workers(1)
+            .disable_signals()
+            .listen(listener)
+            .unwrap()
+            .run();
+    actix_web::rt::spawn(server);
+    addr
+}
+
 /// Starts the server in this test's actix system, on 127.0.0.1 and a free port.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
