@@ -65,6 +65,7 @@ pub const ENV_AGENT_VOICE: &str = "AGENT_VOICE";
 pub const DEFAULT_AGENT_VOICE: &str = "alloy";
 pub const ENV_AGENT_GREETING: &str = "AGENT_GREETING";
 pub const ENV_AGENT_TRANSFER_NUMBER: &str = "AGENT_TRANSFER_NUMBER";
+pub const ENV_AGENT_DTMF: &str = "AGENT_DTMF";
 
 /// `HANDLER=openai`: the voice agent's settings.
 #[derive(Clone, Debug)]
@@ -81,6 +82,8 @@ pub struct AgentConfig {
     pub greeting: Option<String>,
     /// When set (E.164), the agent has a `transfer_call` tool.
     pub transfer_number: Option<String>,
+    /// `AGENT_DTMF` (default on): key presses reach the model as "The caller pressed 5".
+    pub dtmf_to_model: bool,
 }
 
 /// The app every call runs (`HANDLER`).
@@ -542,6 +545,18 @@ fn agent_config(get: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, Con
             .map_or_else(|| DEFAULT_AGENT_VOICE.to_string(), |v| v.trim().to_string()),
         greeting: get(ENV_AGENT_GREETING),
         transfer_number,
+        dtmf_to_model: match get(ENV_AGENT_DTMF).map(|v| v.trim().to_ascii_lowercase()) {
+            None => true,
+            Some(v) if v == "on" => true,
+            Some(v) if v == "off" => false,
+            Some(v) => {
+                return Err(ConfigError {
+                    variable: ENV_AGENT_DTMF,
+                    value: v,
+                    expected: "on (key presses reach the model) or off",
+                })
+            }
+        },
     })
 }
 
@@ -771,6 +786,10 @@ mod tests {
             ("gpt-realtime", "alloy")
         );
         assert_eq!(agent.transfer_number.as_deref(), Some("+14155550123"));
+        assert!(
+            agent.dtmf_to_model,
+            "key presses reach the model by default"
+        );
         let shown = format!("{c} {c:?}");
         assert!(!shown.contains("sk-s3cret"), "{shown}");
         assert!(
@@ -780,6 +799,7 @@ mod tests {
         for (var, value) in [
             ("AGENT_TRANSFER_NUMBER", "555-1234"),
             ("OPENAI_REALTIME_URL", "https://x"),
+            ("AGENT_DTMF", "sometimes"),
         ] {
             let err = parse(&[
                 ("HANDLER", "openai"),

@@ -13,7 +13,16 @@ use crate::helpers::*;
 const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
 
 async fn agent(model: &FakeOpenAi, twilio: &FakeTwilio, key: &str) -> TestApp {
-    let config = AgentConfig {
+    agent_with(model, twilio, key, |_| {}).await
+}
+
+async fn agent_with(
+    model: &FakeOpenAi,
+    twilio: &FakeTwilio,
+    key: &str,
+    configure: impl FnOnce(&mut AgentConfig),
+) -> TestApp {
+    let mut config = AgentConfig {
         api_key: key.to_string().into(),
         url: model.url.clone(),
         model: "gpt-realtime".into(),
@@ -21,7 +30,9 @@ async fn agent(model: &FakeOpenAi, twilio: &FakeTwilio, key: &str) -> TestApp {
         voice: "alloy".into(),
         greeting: None,
         transfer_number: None,
+        dtmf_to_model: true,
     };
+    configure(&mut config);
     let base = twilio.base.clone();
     spawn_app_with(move |c| {
         c.handler = HandlerKind::OpenAi(Arc::new(config));
@@ -216,7 +227,7 @@ async fn a_model_gone_mid_call_leaves_the_caller_an_apology_not_silence() {
 }
 
 #[actix_web::test]
-async fn a_wrong_key_or_an_unreachable_model_fails_the_call_over() {
+async fn a_wrong_key_fails_the_call_over() {
     let (model, twilio) = (
         FakeOpenAi::start("sk-right"),
         FakeTwilio::start(KEY_SID, "key-secret"),
@@ -232,4 +243,152 @@ async fn a_wrong_key_or_an_unreachable_model_fails_the_call_over() {
         twilio.updates().is_empty(),
         "another replica may reach the model"
     );
+}
+
+#[actix_web::test]
+async fn a_greeting_goes_first_and_the_transfer_tool_dials_the_number() {
+    let (model, twilio) = (
+        FakeOpenAi::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let app = agent_with(&model, &twilio, "sk-test", |c| {
+        c.greeting = Some("Thanks for calling Acme.".into());
+        c.transfer_number = Some("+14155550123".into());
+    })
+    .await;
+    twilio.live_call("CAxfer");
+    let mut call = started(&app, &model, "CAxfer").await;
+    model.wait_for("response.create", 1).await;
+    // The session is set up first, then the greeting is asked for.
+    assert_eq!(
+        model.types(),
+        [
+            "session.update",
+            "conversation.item.create",
+            "response.create"
+        ]
+    );
+    let received = model.received();
+    let tools: Vec<_> = received[0]["session"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tools, ["end_call", "transfer_call"]);
+    assert!(received[1]["item"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("Thanks for calling Acme."));
+
+    model
+        .send(json!({"type": "response.output_item.done", "item": {"type": "function_call", "name": "transfer_call", "call_id": "c1", "arguments": "{}"}}))
+        .await;
+    assert_eq!(call.expect_close().await, (1000, "transfer".into()));
+    let update = &twilio.updates()[0];
+    assert_eq!(update.call_sid, "CAxfer");
+    assert_eq!(update.form[0].0, "Twiml");
+    assert!(
+        update.form[0].1.contains("<Dial>+14155550123</Dial>"),
+        "{update:?}"
+    );
+    assert_eq!(model.wait_closed().await, 1000);
+    app.wait_for_active(0).await;
+}
+
+#[actix_web::test]
+async fn without_a_number_the_model_hears_it_cannot_transfer_and_keys_can_stay_private() {
+    let (model, twilio) = (
+        FakeOpenAi::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let app = agent_with(&model, &twilio, "sk-test", |c| c.dtmf_to_model = false).await;
+    let sid = stream_sid_for("CAnoxfer");
+    let mut call = started(&app, &model, "CAnoxfer").await;
+    let tools = &model.received()[0]["session"]["tools"];
+    assert_eq!(tools.as_array().unwrap().len(), 1, "{tools}");
+    // AGENT_DTMF=off: a key press stays with callvisor.
+    call.dtmf(&sid, "7").await;
+    sync(&mut call, &model, &sid, 1).await;
+    model
+        .send(json!({"type": "response.output_item.done", "item": {"type": "function_call", "name": "transfer_call", "call_id": "c9", "arguments": "{}"}}))
+        .await;
+    let output = model.wait_for("conversation.item.create", 1).await;
+    assert_eq!(
+        output["item"],
+        json!({"type": "function_call_output", "call_id": "c9", "output": "no transfer number is configured"})
+    );
+    model.wait_for("response.create", 1).await;
+    assert!(twilio.updates().is_empty());
+    call.stop(&sid, "CAnoxfer").await;
+    assert_eq!(call.expect_close().await.0, 1000);
+    app.wait_for_active(0).await;
+}
+
+#[actix_web::test]
+async fn a_rate_limited_or_unreachable_model_fails_the_call_over() {
+    let twilio = FakeTwilio::start(KEY_SID, "key-secret");
+    let model = FakeOpenAi::start("sk-test");
+    model.refuse_with(429);
+    let app = agent(&model, &twilio, "sk-test").await;
+    let mut call = app.start_call("CA429").await;
+    assert_eq!(
+        call.expect_close().await,
+        (1011, "model unavailable".into())
+    );
+    app.wait_for_active(0).await;
+
+    // Nothing listens at the model's address.
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let app = spawn_app_with(move |c| {
+        c.handler = HandlerKind::OpenAi(Arc::new(AgentConfig {
+            api_key: "sk-test".to_string().into(),
+            url: format!("ws://{gone}/v1/realtime"),
+            model: "gpt-realtime".into(),
+            instructions: "x".into(),
+            voice: "alloy".into(),
+            greeting: None,
+            transfer_number: None,
+            dtmf_to_model: true,
+        }));
+        c.twilio_api_base_url = twilio.base.clone();
+        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
+    })
+    .await;
+    let mut call = app.start_call("CAgone").await;
+    assert_eq!(
+        call.expect_close().await,
+        (1011, "model unavailable".into())
+    );
+    app.wait_for_active(0).await;
+    let m = scrape(&app).await;
+    assert_eq!(
+        metric(&m, "callvisor_calls_ended_total{reason=failed_over}"),
+        1.0
+    );
+}
+
+#[actix_web::test]
+async fn a_hand_off_closes_the_model_socket_so_no_session_is_left_billing() {
+    let (model, twilio) = (
+        FakeOpenAi::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let app = agent(&model, &twilio, "sk-test").await;
+    let sid = stream_sid_for("CAmove");
+    let mut call = started(&app, &model, "CAmove").await;
+    sync(&mut call, &model, &sid, 1).await;
+    app.supervisor
+        .as_ref()
+        .unwrap()
+        .send(callvisor::call::supervisor::HandOffAll)
+        .await
+        .unwrap();
+    assert_eq!(call.expect_close().await, (1001, "handoff".into()));
+    assert_eq!(model.wait_closed().await, 1000);
+    app.wait_for_active(0).await;
+    assert!(twilio.updates().is_empty(), "a hand-off is not a hang-up");
 }

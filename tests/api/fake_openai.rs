@@ -20,6 +20,8 @@ struct State {
     closed: Option<u16>,
     /// Models seen in `?model=` of each handshake.
     models: Vec<String>,
+    /// Answer every handshake with this HTTP status (429: rate limited).
+    refuse: Option<u16>,
 }
 
 #[derive(Clone)]
@@ -41,6 +43,11 @@ impl FakeOpenAi {
         });
         let url = format!("ws://{addr}/v1/realtime");
         FakeOpenAi { url, state }
+    }
+
+    /// From now on every handshake gets `status` (e.g. 429 with OpenAI's rate-limit body).
+    pub fn refuse_with(&self, status: u16) {
+        self.state.lock().unwrap().refuse = Some(status);
     }
 
     pub fn received(&self) -> Vec<Value> {
@@ -120,7 +127,20 @@ async fn realtime(
     body: web::Payload,
     state: web::Data<Arc<Mutex<State>>>,
 ) -> actix_web::Result<HttpResponse> {
-    let key = state.lock().unwrap().key.clone();
+    let (key, refuse) = {
+        let s = state.lock().unwrap();
+        (s.key.clone(), s.refuse)
+    };
+    if let Some(status) = refuse {
+        return Ok(
+            HttpResponse::build(status.try_into().expect("an HTTP status"))
+                .insert_header(("retry-after", "20"))
+                .json(
+                    json!({"error": {"type": "requests", "code": "rate_limit_exceeded",
+                                   "message": "Rate limit reached for requests"}}),
+                ),
+        );
+    }
     let auth = req
         .headers()
         .get("authorization")

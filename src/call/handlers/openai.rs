@@ -283,7 +283,7 @@ impl CallHandler for OpenAiAgent {
     }
 
     fn on_dtmf(&mut self, digit: &str, call: &mut Call<'_>) -> Result<(), HandlerError> {
-        if self.open {
+        if self.open && self.config.dtmf_to_model {
             self.user_text(call, &format!("The caller pressed {digit}"));
         }
         Ok(())
