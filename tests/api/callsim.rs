@@ -386,3 +386,110 @@ async fn a_chaos_mix_gets_every_promised_close_and_leaves_no_slot_behind() {
     );
     assert_eq!(ended("client_gone"), count("reset"));
 }
+
+/// A free port for a peer callsim serves (bound, then freed: the server must know the address
+/// before callsim starts).
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// 1.2 s of a 220 Hz tone as 16-bit PCM WAV: an utterance for `--say` (converted to mu-law).
+fn utterance_wav(path: &std::path::Path) {
+    let samples: Vec<u8> = (0..9600)
+        .flat_map(|i| {
+            let s = (2.0 * std::f64::consts::PI * 220.0 * f64::from(i) / 8000.0).sin() * 8000.0;
+            (s as i16).to_le_bytes()
+        })
+        .collect();
+    let mut wav = b"RIFF".to_vec();
+    wav.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt \x10\0\0\0\x01\0\x01\0");
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    wav.extend_from_slice(&16000u32.to_le_bytes());
+    wav.extend_from_slice(b"\x02\0\x10\0data");
+    wav.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&samples);
+    std::fs::write(path, wav).unwrap();
+}
+
+#[actix_web::test]
+async fn a_voice_caller_talks_to_the_agent_hears_its_answer_and_records_it() {
+    let (model, rest) = (free_addr(), free_addr());
+    let dir = std::env::temp_dir().join(format!("callsim-voice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("hello.wav");
+    utterance_wav(&wav);
+    let model_url = format!("ws://{model}/v1/realtime");
+    let rest_url = format!("http://{rest}");
+    let app = spawn_app_with(move |c| {
+        c.handler = callvisor::config::HandlerKind::OpenAi(std::sync::Arc::new(
+            callvisor::config::AgentConfig {
+                api_key: "sk-test".to_string().into(),
+                url: model_url,
+                model: "gpt-realtime".into(),
+                instructions: "You help {{From}}.".into(),
+                voice: "alloy".into(),
+                greeting: None,
+                transfer_number: None,
+                dtmf_to_model: true,
+            },
+        ));
+        c.twilio_api_base_url = rest_url;
+        c.twilio_api_key = Some((
+            "SK0123456789abcdef0123456789abcdef".into(),
+            "secret".to_string().into(),
+        ));
+    })
+    .await;
+    let record = dir.join("heard");
+    let (s, code) = callsim(
+        &app.base,
+        &[
+            "--calls",
+            "3",
+            "--duration",
+            "4s",
+            "--ramp",
+            "0s",
+            "--say",
+            wav.to_str().unwrap(),
+            "--record",
+            record.to_str().unwrap(),
+            "--realtime-model",
+            &model,
+            "--twilio-api",
+            &rest,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["connected"], 3, "{s:#}");
+    // Each caller said its line once and the agent answered, after the model's VAD heard
+    // 500 ms of silence.
+    for call in s["call_records"].as_array().unwrap() {
+        let replies = call["reply_ms"].as_array().expect("a reply was timed");
+        assert_eq!(replies.len(), 1, "{call}");
+        assert!(replies[0].as_f64().unwrap() >= 500.0, "{call}");
+        // What the caller heard: silence while it talked (1.2 s) and the VAD waited (500 ms of
+        // audio, the last frame sent 480 ms after the first silent one), then the tone.
+        let heard =
+            std::fs::read(record.join(format!("{}.wav", call["call_sid"].as_str().unwrap())))
+                .unwrap();
+        assert_eq!(&heard[..4], b"RIFF");
+        let audio = &heard[58..];
+        assert!(audio.len() >= 8 * 3000, "{} bytes", audio.len());
+        let first_sound = audio
+            .iter()
+            .position(|&b| b != 0xff)
+            .expect("the agent was heard");
+        assert!(
+            first_sound >= 8 * 1600,
+            "the answer came after the utterance and the VAD: {first_sound}"
+        );
+    }
+    let model_to_caller = &s["model_to_caller_ms"];
+    assert!(model_to_caller["count"].as_u64().unwrap() >= 3, "{s:#}");
+    app.wait_for_active(0).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

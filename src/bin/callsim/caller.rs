@@ -2,7 +2,9 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_codec::Framed;
@@ -20,7 +22,9 @@ use callvisor::twilio::messages::{MediaFormat, Start, Stop, TwilioFrame};
 use callvisor::twilio::signature::sign;
 use callvisor::twilio::twiml::{self, StreamTarget, Verb};
 
+use crate::audio::{Recording, SILENCE};
 use crate::chaos::{self, Kind, Plan};
+use crate::realtime_model::Stamps;
 use crate::report::{micros, CallRecord, Outcome, Stats};
 use crate::twilio_api::{AppAction, FakeApi};
 
@@ -50,6 +54,14 @@ pub struct Ctx {
     pub to: String,
     pub duration: Duration,
     pub stats: Rc<RefCell<Stats>>,
+    /// `--say`: what the caller says (8 kHz mu-law) from each stream's start, and
+    /// `--say-every`: how often it says it again.
+    pub say: Option<Rc<[u8]>>,
+    pub say_every: Option<Duration>,
+    /// `--record DIR`: each call's heard audio is written there.
+    pub record_dir: Option<PathBuf>,
+    /// `--realtime-model`: when the stand-in model sent each audio delta.
+    pub model: Option<Arc<Stamps>>,
 }
 
 /// How one stream leg ended.
@@ -76,6 +88,8 @@ struct CallState {
     handoff_started: Option<Instant>,
     /// `--chaos`: how this caller misbehaves.
     plan: Option<Plan>,
+    /// `--record`: what the caller heard so far.
+    heard: Option<Recording>,
 }
 
 /// Runs one call to its end.
@@ -94,10 +108,15 @@ pub async fn run(ctx: &Ctx, call_sid: String, plan: Option<Plan>) -> CallRecord 
             said: None,
             stream_ends: Vec::new(),
             chaos: plan.map(|p| p.kind),
+            reply_ms: Vec::new(),
         },
         hang_up_at: None,
         handoff_started: None,
         plan,
+        heard: ctx
+            .record_dir
+            .as_ref()
+            .map(|_| Recording::new(Instant::now())),
     };
     if let Some(api) = &ctx.api {
         FakeApi::call_started(api, &call.record.call_sid);
@@ -108,6 +127,12 @@ pub async fn run(ctx: &Ctx, call_sid: String, plan: Option<Plan>) -> CallRecord 
     }
     call.record.outcome = outcome;
     call.record.reason = reason;
+    if let (Some(dir), Some(heard)) = (&ctx.record_dir, &call.heard) {
+        let path = dir.join(format!("{}.wav", call.record.call_sid));
+        if let Err(e) = crate::audio::write_wav(&path, heard.audio()) {
+            eprintln!("callsim: cannot write {}: {e}", path.display());
+        }
+    }
     call.record
 }
 
@@ -360,6 +385,8 @@ struct Leg<'a> {
     payload: String,
     sent: u64,
     echoed: u64,
+    /// `--say`: when the caller's last utterance ended, until audio comes back.
+    reply_wait: Option<Instant>,
 }
 
 impl<'a> Leg<'a> {
@@ -381,6 +408,7 @@ impl<'a> Leg<'a> {
             payload: String::with_capacity(FRAME_BYTES * 4 / 3 + 4),
             sent: 0,
             echoed: 0,
+            reply_wait: None,
         }
     }
 
@@ -538,9 +566,16 @@ impl<'a> Leg<'a> {
         Ok(())
     }
 
-    /// One 20 ms frame. Its first four bytes carry the frame number, so the echo can be timed.
+    /// One 20 ms frame: with `--say`, the utterance's next 20 ms (or silence); otherwise its
+    /// first four bytes carry the frame number, so that the echo can be timed.
     async fn send_media(&mut self, ws: &mut Ws, chunk: u32) -> Result<(), LegEnd> {
-        self.audio[..4].copy_from_slice(&chunk.to_le_bytes());
+        let utterance_ended = match &self.ctx.say {
+            Some(say) => utterance_frame(&mut self.audio, say, self.ctx.say_every, chunk),
+            None => {
+                self.audio[..4].copy_from_slice(&chunk.to_le_bytes());
+                false
+            }
+        };
         self.payload.clear();
         STANDARD.encode_string(self.audio, &mut self.payload);
         let timestamp = ((chunk - 1) * 20).to_string();
@@ -564,6 +599,9 @@ impl<'a> Leg<'a> {
             self.in_flight.pop_front();
         }
         self.in_flight.push_back((chunk, Instant::now()));
+        if utterance_ended {
+            self.reply_wait = Some(Instant::now());
+        }
         self.sent += 1;
         self.call.record.frames_sent += 1;
         self.ctx.stats.borrow_mut().frames_sent += 1;
@@ -596,7 +634,28 @@ impl<'a> Leg<'a> {
                 self.call.record.frames_echoed += 1;
                 let mut stats = self.ctx.stats.borrow_mut();
                 stats.frames_echoed += 1;
-                if let Some(chunk) = frame_number(&media.payload) {
+                if let Some(ended) = self.reply_wait.take() {
+                    let waited = micros(now - ended);
+                    stats.reply_us.saturating_record(waited);
+                    self.call.record.reply_ms.push((waited / 100) as f64 / 10.0);
+                }
+                if let Some(sent) = self
+                    .ctx
+                    .model
+                    .as_ref()
+                    .and_then(|m| m.sent_at(&media.payload))
+                {
+                    stats
+                        .model_us
+                        .saturating_record(micros(now.into_std().saturating_duration_since(sent)));
+                }
+                if let Some(heard) = &mut self.call.heard {
+                    if let Ok(audio) = STANDARD.decode(media.payload.as_bytes()) {
+                        heard.play(now, &audio);
+                    }
+                }
+                let timed = self.ctx.say.is_none().then(|| frame_number(&media.payload));
+                if let Some(chunk) = timed.flatten() {
                     // Echoes come back in order: anything older than this one was lost.
                     while self.in_flight.front().is_some_and(|(c, _)| *c < chunk) {
                         self.in_flight.pop_front();
@@ -618,10 +677,36 @@ impl<'a> Leg<'a> {
                 self.playback.queue_audio(now, audio);
             }
             Ok(ServerFrame::Mark { mark, .. }) => self.playback.mark(now, mark.name),
-            Ok(ServerFrame::Clear { .. }) => self.playback.clear(now),
+            Ok(ServerFrame::Clear { .. }) => {
+                self.playback.clear(now);
+                if let Some(heard) = &mut self.call.heard {
+                    heard.clear(now);
+                }
+            }
             Err(_) => {}
         }
     }
+}
+
+/// `--say`: fills `frame` with the `chunk`th 20 ms of the stream's audio: the utterance from the
+/// stream's start and again every `every`, silence between. True when this frame ends it.
+fn utterance_frame(
+    frame: &mut [u8; FRAME_BYTES],
+    say: &[u8],
+    every: Option<Duration>,
+    chunk: u32,
+) -> bool {
+    let cycle = every.map_or(usize::MAX, |e| {
+        (e.as_millis() / FRAME_INTERVAL.as_millis()).max(1) as usize
+    });
+    let at = (chunk as usize - 1) % cycle * FRAME_BYTES;
+    frame.fill(SILENCE);
+    let Some(rest) = say.get(at..).filter(|r| !r.is_empty()) else {
+        return false;
+    };
+    let n = rest.len().min(FRAME_BYTES);
+    frame[..n].copy_from_slice(&rest[..n]);
+    n == rest.len()
 }
 
 /// The frame number callsim wrote into the first four audio bytes, read back from an echo.
@@ -694,6 +779,28 @@ mod tests {
         );
         assert_eq!(resolve(base, "next?a=1"), "http://h:8080/voice/next?a=1");
         assert_eq!(resolve("http://h", "next"), "http://h/next");
+    }
+
+    #[test]
+    fn an_utterance_plays_from_the_start_and_repeats() {
+        let say: Vec<u8> = (0..400).map(|i| (i % 200) as u8).collect(); // 50 ms
+        let mut frame = [0u8; FRAME_BYTES];
+        let every = Some(Duration::from_millis(100)); // 5 frames
+        let ends: Vec<bool> = (1..=10)
+            .map(|chunk| utterance_frame(&mut frame, &say, every, chunk))
+            .collect();
+        assert_eq!(
+            ends,
+            [false, false, true, false, false, false, false, true, false, false]
+        );
+        utterance_frame(&mut frame, &say, every, 3);
+        assert_eq!(frame[..80], say[320..]);
+        assert!(frame[80..].iter().all(|&b| b == SILENCE));
+        utterance_frame(&mut frame, &say, every, 6);
+        assert_eq!(frame[..], say[..160]);
+        // Said once: silence after.
+        assert!(!utterance_frame(&mut frame, &say, None, 8));
+        assert!(frame.iter().all(|&b| b == SILENCE));
     }
 
     #[test]

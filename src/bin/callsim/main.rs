@@ -9,15 +9,20 @@
 //! `<Redirect>`, honour `<Say>`/`<Hangup>`/`<Reject>`), open the `<Stream>`, send `connected`,
 //! `start` and 20 ms mu-law frames at real time, answer `mark`s once their audio has played,
 //! and hang up with `stop`. When the server closes the stream, the TwiML after `</Connect>` runs.
+//! As a voice caller (`--say`, `--record`, `--realtime-model`) it plays a recording into each
+//! call, writes what each caller heard, and times the answers.
 //! Single-threaded on purpose: one core, no locks; pin it with `taskset` for benchmarks.
 
+mod audio;
 mod caller;
 mod chaos;
 mod net;
+mod realtime_model;
 mod report;
 mod twilio_api;
 
 use std::cell::RefCell;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -79,6 +84,22 @@ struct Args {
     /// TWILIO_API_BASE_URL at it: calls an app hangs up or transfers end as such in the report.
     #[arg(long, value_name = "ADDR")]
     twilio_api: Option<std::net::SocketAddr>,
+    /// A voice caller: say this recording (WAV, 8 kHz mono, mu-law or 16-bit PCM) from each
+    /// stream's start instead of silence; the report gives the time from its end to the first
+    /// audio back, per call and as percentiles.
+    #[arg(long, value_name = "FILE.wav")]
+    say: Option<PathBuf>,
+    /// Say it again this often (start to start), e.g. 5s.
+    #[arg(long, requires = "say", value_parser = parse_duration)]
+    say_every: Option<Duration>,
+    /// Write what each caller heard to DIR/<CallSid>.wav (8 kHz mu-law), to listen to a run.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Serve a stand-in for OpenAI's Realtime API here (e.g. 127.0.0.1:8082) and point the
+    /// server's OPENAI_REALTIME_URL at ws://ADDR/v1/realtime: it answers each utterance with
+    /// audio, and the report times each audio delta from the model to the caller.
+    #[arg(long, value_name = "ADDR")]
+    realtime_model: Option<std::net::SocketAddr>,
 }
 
 fn parse_target(s: &str) -> Result<String, String> {
@@ -150,6 +171,49 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let say: Option<Rc<[u8]>> = match &args.say {
+        None => None,
+        Some(path) => match audio::read_wav(path) {
+            Ok(audio) if audio.is_empty() => {
+                eprintln!("callsim: --say {}: no audio in it", path.display());
+                return ExitCode::from(2);
+            }
+            Ok(audio) => Some(audio.into()),
+            Err(e) => {
+                eprintln!("callsim: --say {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    if let (Some(say), Some(every)) = (&say, args.say_every) {
+        let length = Duration::from_millis(say.len() as u64 / 8);
+        if every < length + caller::FRAME_INTERVAL {
+            eprintln!(
+                "callsim: --say-every {every:?} is not longer than the utterance ({length:?})"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(dir) = &args.record {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("callsim: --record {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    }
+    let model = match args.realtime_model.map(realtime_model::start) {
+        None => None,
+        Some(Ok(stamps)) => {
+            eprintln!(
+                "callsim: Realtime API stand-in on ws://{}/v1/realtime (the server's OPENAI_REALTIME_URL)",
+                args.realtime_model.unwrap()
+            );
+            Some(stamps)
+        }
+        Some(Err(e)) => {
+            eprintln!("callsim: cannot serve --realtime-model: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let stats = Rc::new(RefCell::new(Stats::default()));
     let ctx = Rc::new(Ctx {
         client,
@@ -162,6 +226,10 @@ async fn run(args: Args) -> ExitCode {
         to: args.to.clone(),
         duration: args.duration,
         stats: stats.clone(),
+        say,
+        say_every: args.say_every,
+        record_dir: args.record.clone(),
+        model,
     });
 
     let run_id = SystemTime::now()

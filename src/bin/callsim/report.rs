@@ -49,6 +49,9 @@ pub struct CallRecord {
     /// `--chaos`: what this caller did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chaos: Option<crate::chaos::Kind>,
+    /// `--say`: per utterance, milliseconds from its end to the first audio back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reply_ms: Vec<f64>,
 }
 
 /// Shared by every call task of the (single-threaded) simulator.
@@ -65,6 +68,10 @@ pub struct Stats {
     pub webhook_us: Histogram<u64>,
     /// Per hand-off: from the old stream's close to the first echo on the new one, microseconds.
     pub handoff_gap_us: Histogram<u64>,
+    /// `--say`: from the end of an utterance to the first audio back, in microseconds.
+    pub reply_us: Histogram<u64>,
+    /// `--realtime-model`: from the stand-in sending an audio delta to the caller reading it.
+    pub model_us: Histogram<u64>,
     pub records: Vec<CallRecord>,
 }
 
@@ -88,6 +95,8 @@ impl Default for Stats {
             lag_us: histogram(),
             webhook_us: histogram(),
             handoff_gap_us: histogram(),
+            reply_us: histogram(),
+            model_us: histogram(),
             records: Vec::new(),
         }
     }
@@ -157,6 +166,12 @@ pub struct Summary {
     pub send_lag_ms: Option<Percentiles>,
     pub webhook_ms: Option<Percentiles>,
     pub handoff_gap_ms: Option<Percentiles>,
+    /// `--say`: end of the caller's utterance to the first audio back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_ms: Option<Percentiles>,
+    /// `--realtime-model`: the model's audio delta to the caller, through the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_to_caller_ms: Option<Percentiles>,
     /// `--chaos`: the seed (replay with `--seed`) and, per kind, how the calls went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -223,6 +238,8 @@ impl Summary {
             send_lag_ms: Percentiles::of(&stats.lag_us),
             webhook_ms: Percentiles::of(&stats.webhook_us),
             handoff_gap_ms: Percentiles::of(&stats.handoff_gap_us),
+            reply_ms: Percentiles::of(&stats.reply_us),
+            model_to_caller_ms: Percentiles::of(&stats.model_us),
             seed: None,
             chaos: None,
             call_records: records.clone(),
@@ -284,22 +301,28 @@ impl Summary {
         } else {
             f.lost as f64 * 100.0 / f.sent as f64
         };
+        let voice = self.reply_ms.is_some() || self.model_to_caller_ms.is_some();
         row(
             "media frames",
-            format!(
-                "{} sent, {} echoed, {} lost ({pct:.3}%{})",
-                f.sent,
-                f.echoed,
-                f.lost,
-                if f.lost_at_close > 0 {
-                    format!(
-                        ", {} in flight as the server closed a stream",
-                        f.lost_at_close
-                    )
-                } else {
-                    String::new()
-                }
-            ),
+            if voice {
+                // A voice caller: the server answers, it does not echo.
+                format!("{} sent, {} received", f.sent, f.echoed)
+            } else {
+                format!(
+                    "{} sent, {} echoed, {} lost ({pct:.3}%{})",
+                    f.sent,
+                    f.echoed,
+                    f.lost,
+                    if f.lost_at_close > 0 {
+                        format!(
+                            ", {} in flight as the server closed a stream",
+                            f.lost_at_close
+                        )
+                    } else {
+                        String::new()
+                    }
+                )
+            },
         );
         let p = |p: &Option<Percentiles>| match p {
             Some(p) => format!(
@@ -312,6 +335,12 @@ impl Summary {
         row("send lag", p(&self.send_lag_ms));
         row("webhook", p(&self.webhook_ms));
         row("hand-off gap", p(&self.handoff_gap_ms));
+        if self.reply_ms.is_some() {
+            row("reply after said", p(&self.reply_ms));
+        }
+        if self.model_to_caller_ms.is_some() {
+            row("model to caller", p(&self.model_to_caller_ms));
+        }
         if let (Some(seed), Some(chaos)) = (self.seed, &self.chaos) {
             row(
                 "chaos seed",
@@ -363,6 +392,7 @@ mod tests {
             said: None,
             stream_ends: vec!["1000 stop".into()],
             chaos: None,
+            reply_ms: Vec::new(),
         }
     }
 
