@@ -474,7 +474,7 @@ impl fmt::Display for Config {
     }
 }
 
-fn valid_base_url(v: &str) -> bool {
+pub(crate) fn valid_base_url(v: &str) -> bool {
     let rest = v
         .strip_prefix("https://")
         .or_else(|| v.strip_prefix("http://"));

@@ -22,6 +22,7 @@
 //! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
 
 pub mod app;
+pub mod autoscale;
 pub mod call;
 pub mod config;
 pub mod drain;

@@ -1,4 +1,5 @@
-//! The callvisor binary: configuration, logging, run, exit code.
+//! The callvisor binary: configuration, logging, run, exit code. `callvisor autoscale` runs the
+//! replica controller instead (`src/autoscale/`).
 
 use std::process::ExitCode;
 
@@ -7,6 +8,18 @@ use callvisor::config::Config;
 use callvisor::drain::{wait_and_drain, Signals};
 
 fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("autoscale") => return callvisor::autoscale::main(),
+        Some(other) => {
+            eprintln!(
+                "callvisor: unknown command `{other}`: run `callvisor` (the call server, \
+                 configured by environment variables) or `callvisor autoscale` (the replica \
+                 controller, docs/scaling.md)"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
