@@ -358,7 +358,7 @@ async fn run(config: AutoscaleConfig) -> std::io::Result<()> {
         .bind((config.host, config.port))?
     };
     for addr in server.addrs() {
-        log::info!("autoscale: status on http://{addr}/");
+        log::info!("autoscale: listening on port {} (status at /)", addr.port());
     }
     let server = server.run();
     let handle = server.handle();

@@ -417,10 +417,16 @@ pub struct BinaryApp {
 
 /// Starts `callvisor` on 127.0.0.1:0 with `env`, and waits until it listens.
 pub async fn spawn_binary(env: &[(&str, &str)]) -> BinaryApp {
+    spawn_binary_with_args(&[], env).await
+}
+
+/// `callvisor ARGS…` (e.g. `autoscale`) on 127.0.0.1:0 with `env`, once it listens.
+pub async fn spawn_binary_with_args(args: &[&str], env: &[(&str, &str)]) -> BinaryApp {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_callvisor"));
-    cmd.current_dir(std::env::temp_dir())
+    cmd.args(args)
+        .current_dir(std::env::temp_dir())
         .env_clear()
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")

@@ -3,6 +3,7 @@
 mod agent;
 mod apps;
 mod auth;
+mod autoscale;
 mod backpressure;
 mod bad_input;
 mod bot;
@@ -15,6 +16,7 @@ mod config_errors;
 mod disconnects;
 mod drain;
 mod fake_openai;
+mod fake_railway;
 mod fake_twilio;
 mod helpers;
 mod observability;
