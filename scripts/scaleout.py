@@ -11,6 +11,9 @@ Scenarios (each prints PASS/FAIL; the exit code is the number that failed):
                per hand-off is reported.
   4. crash     SIGKILL one of those replicas under 15 live calls: its calls end (Twilio cannot
                recover a broken socket), the others are untouched, new calls land on survivors.
+  5. autoscale `callvisor autoscale` against a fake Railway API that starts and SIGTERMs
+               replicas: 1 to 6 replicas and back as 45 calls ramp up and end
+               (scripts/scaleout_autoscale.py).
 In every scenario no replica ever holds more than LIMIT_CONCURRENCY calls (polled every 20 ms).
 
 Scenarios 3 and 4 run with deploy headroom (24 calls on 60 slots): handed-off calls all look
@@ -199,13 +202,19 @@ http {{
 
     def live_calls(self):
         total = 0
-        for r in self.replicas.values():
+        for r in list(self.replicas.values()):
             if r.alive():
                 try:
                     total += (health(r.port) or {}).get("active_calls", 0)
                 except OSError:
                     pass
         return total
+
+    def calls_on(self, name):
+        try:
+            return (health(self.replicas[name].port) or {}).get("active_calls", 0)
+        except (OSError, KeyError):
+            return 0
 
     def wait_idle(self, timeout=30):
         deadline = time.monotonic() + timeout
@@ -372,14 +381,19 @@ def crash(cluster):
     return sc
 
 
-def fleet(limit, scenarios, results):
-    """3 replicas with `limit` slots each behind nginx; runs `scenarios` on them in order."""
+def autoscale(cluster):
+    import scaleout_autoscale
+    return scaleout_autoscale.run(cluster, BIN, free_port, callsim, summary_of, Scenario)
+
+
+def fleet(limit, scenarios, results, names=("r1", "r2", "r3")):
+    """`names` replicas with `limit` slots each behind nginx; runs `scenarios` on them in order."""
     workdir = tempfile.mkdtemp(prefix="callvisor-scaleout-")
     cluster = Cluster(workdir, limit)
     try:
-        cluster.start(["r1", "r2", "r3"])
-        print(f"3 replicas (LIMIT_CONCURRENCY={limit}, MAX_REDIRECTS={MAX_REDIRECTS}) behind "
-              f"nginx random on 127.0.0.1:{cluster.port}; logs in {workdir}", flush=True)
+        cluster.start(list(names))
+        print(f"{len(names)} replica(s) (LIMIT_CONCURRENCY={limit}, MAX_REDIRECTS={MAX_REDIRECTS}) "
+              f"behind nginx random on 127.0.0.1:{cluster.port}; logs in {workdir}", flush=True)
         for run in scenarios:
             sc = run(cluster)
             sc.report()
@@ -389,9 +403,17 @@ def fleet(limit, scenarios, results):
 
 
 def main():
+    import argparse
+    p = argparse.ArgumentParser(description="callvisor's scale-out scenarios")
+    p.add_argument("only", nargs="*", help="scenario numbers to run (default: all)")
+    only = set(p.parse_args().only)
     results = []
-    fleet(10, (fill, overflow), results)
-    fleet(20, (rolling, crash), results)
+    if not only or only & {"1", "2"}:
+        fleet(10, (fill, overflow), results)
+    if not only or only & {"3", "4"}:
+        fleet(20, (rolling, crash), results)
+    if not only or "5" in only:
+        fleet(10, (autoscale,), results, names=("a1",))
     scenarios = [sc for sc, _ in results]
     cols = ["calls", "connected", "redirected", "handed_off", "busy", "failed",
             "max_per_replica", "worst_gap_ms"]
