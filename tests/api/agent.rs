@@ -24,13 +24,7 @@ async fn agent_with(
 ) -> TestApp {
     let mut config = AgentConfig {
         api_key: key.to_string().into(),
-        url: model.url.clone(),
-        model: "gpt-realtime".into(),
-        instructions: "You help {{From}}.".into(),
-        voice: "alloy".into(),
-        greeting: None,
-        transfer_number: None,
-        dtmf_to_model: true,
+        ..agent_config(&model.url)
     };
     configure(&mut config);
     let base = twilio.base.clone();
@@ -344,16 +338,8 @@ async fn a_rate_limited_or_unreachable_model_fails_the_call_over() {
         listener.local_addr().unwrap()
     };
     let app = spawn_app_with(move |c| {
-        c.handler = HandlerKind::OpenAi(Arc::new(AgentConfig {
-            api_key: "sk-test".to_string().into(),
-            url: format!("ws://{gone}/v1/realtime"),
-            model: "gpt-realtime".into(),
-            instructions: "x".into(),
-            voice: "alloy".into(),
-            greeting: None,
-            transfer_number: None,
-            dtmf_to_model: true,
-        }));
+        c.handler =
+            HandlerKind::OpenAi(Arc::new(agent_config(&format!("ws://{gone}/v1/realtime"))));
         c.twilio_api_base_url = twilio.base.clone();
         c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
     })
@@ -381,12 +367,7 @@ async fn a_hand_off_closes_the_model_socket_so_no_session_is_left_billing() {
     let sid = stream_sid_for("CAmove");
     let mut call = started(&app, &model, "CAmove").await;
     sync(&mut call, &model, &sid, 1).await;
-    app.supervisor
-        .as_ref()
-        .unwrap()
-        .send(callvisor::call::supervisor::HandOffAll)
-        .await
-        .unwrap();
+    app.hand_off_all().await;
     assert_eq!(call.expect_close().await, (1001, "handoff".into()));
     assert_eq!(model.wait_closed().await, 1000);
     app.wait_for_active(0).await;

@@ -106,12 +106,7 @@ async fn the_app_hears_each_way_a_call_ends_exactly_once() {
     second.connected_and_start("CAdup", "MZdup2", &[]).await;
     assert_eq!(first.expect_close().await, (1000, "superseded".into()));
     second.echo_round_trip("MZdup2", "AAAA").await;
-    app.supervisor
-        .as_ref()
-        .unwrap()
-        .send(callvisor::call::supervisor::HandOffAll)
-        .await
-        .unwrap();
+    app.hand_off_all().await;
     assert_eq!(second.expect_close().await, (1001, "handoff".into()));
 
     app.wait_for_active(0).await;

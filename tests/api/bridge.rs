@@ -295,13 +295,7 @@ async fn when_twilios_side_ends_the_bot_hears_how() {
     let app2 = bridged(&bot2.url, &twilio).await;
     let mut call = app2.start_call("CAmoved").await;
     bot2.wait_received(2).await;
-    let handed = app2
-        .supervisor
-        .as_ref()
-        .unwrap()
-        .send(callvisor::call::supervisor::HandOffAll)
-        .await
-        .unwrap();
+    let handed = app2.hand_off_all().await;
     assert_eq!(handed, 1);
     assert_eq!(call.expect_close().await, (1001, "handoff".into()));
     assert_eq!(bot2.wait_closed().await, (1001, "handoff".into()));

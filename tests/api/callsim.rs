@@ -423,18 +423,8 @@ async fn a_voice_caller_talks_to_the_agent_hears_its_answer_and_records_it() {
     let model_url = format!("ws://{model}/v1/realtime");
     let rest_url = format!("http://{rest}");
     let app = spawn_app_with(move |c| {
-        c.handler = callvisor::config::HandlerKind::OpenAi(std::sync::Arc::new(
-            callvisor::config::AgentConfig {
-                api_key: "sk-test".to_string().into(),
-                url: model_url,
-                model: "gpt-realtime".into(),
-                instructions: "You help {{From}}.".into(),
-                voice: "alloy".into(),
-                greeting: None,
-                transfer_number: None,
-                dtmf_to_model: true,
-            },
-        ));
+        c.handler =
+            callvisor::config::HandlerKind::OpenAi(std::sync::Arc::new(agent_config(&model_url)));
         c.twilio_api_base_url = rest_url;
         c.twilio_api_key = Some((
             "SK0123456789abcdef0123456789abcdef".into(),

@@ -42,6 +42,20 @@ pub fn serve_peer(
     addr
 }
 
+/// `HANDLER=openai`'s settings for a test, the model at `url`.
+pub fn agent_config(url: &str) -> callvisor::config::AgentConfig {
+    callvisor::config::AgentConfig {
+        api_key: "sk-test".to_string().into(),
+        url: url.to_string(),
+        model: "gpt-realtime".into(),
+        instructions: "You help {{From}}.".into(),
+        voice: "alloy".into(),
+        greeting: None,
+        transfer_number: None,
+        dtmf_to_model: true,
+    }
+}
+
 /// Starts the server in this test's actix system, on 127.0.0.1 and a free port.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
@@ -76,6 +90,17 @@ pub async fn spawn_app_with_handler(
 }
 
 impl TestApp {
+    /// What a drain's deadline does: every live call is closed `1001 handoff` (Twilio redirects
+    /// it to another replica). Returns how many were handed over. In-process servers only.
+    pub async fn hand_off_all(&self) -> usize {
+        self.supervisor
+            .as_ref()
+            .expect("an in-process server")
+            .send(callvisor::call::supervisor::HandOffAll)
+            .await
+            .unwrap()
+    }
+
     pub async fn health(&self) -> Value {
         let mut resp = self
             .client
