@@ -12,6 +12,9 @@
 //!                                    └──▶ Twilio REST: hang up / transfer (closing ≠ hanging up)
 //!  ops ──GET / , /ready, /metrics──▶ read the supervisor's snapshot
 //!  SIGTERM ──▶ drain: stop admitting, wait, hand remaining calls over, exit
+//!
+//!  `callvisor autoscale` (another service): samples the call service's `/` ──▶ decides ──▶
+//!  Railway's GraphQL API sets the replica count (removed replicas drain as above)
 //! ```
 //!
 //! - [`call::supervisor`]: the single owner of admission and counts.
@@ -20,6 +23,7 @@
 //! - [`twilio`]: the wire formats (stream messages, TwiML, signatures) and REST call control.
 //! - [`drain`]: SIGTERM handling: drain, hand-off, exit.
 //! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
+//! - [`autoscale`]: the replica controller for Railway (`callvisor autoscale`).
 
 pub mod app;
 pub mod autoscale;

@@ -8,7 +8,7 @@
 //! Below this queue sit fixed, bounded stages: actix-ws's 32-message channel, the HTTP layer's
 //! ~32 KiB write buffer and the kernel's socket send buffer (capped per connection in
 //! `app.rs`). The queue is a plain field of the call's actor; a small actor future
-//! ([`FlushOutbound`]) moves frames from it into the socket whenever the socket is ready.
+//! (`FlushOutbound` in session.rs) moves frames from it into the socket whenever the socket is ready.
 
 use std::collections::VecDeque;
 use std::pin::Pin;

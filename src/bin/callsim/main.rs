@@ -92,7 +92,8 @@ struct Args {
     /// Say it again this often (start to start), e.g. 5s.
     #[arg(long, requires = "say", value_parser = parse_duration)]
     say_every: Option<Duration>,
-    /// Write what each caller heard to DIR/<CallSid>.wav (8 kHz mu-law), to listen to a run.
+    /// Write what each caller heard to DIR, one WAV per call named by its CallSid (8 kHz
+    /// mu-law), to listen to a run.
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
     /// Serve a stand-in for OpenAI's Realtime API here (e.g. 127.0.0.1:8082) and point the
