@@ -373,3 +373,57 @@ async fn a_hand_off_closes_the_model_socket_so_no_session_is_left_billing() {
     app.wait_for_active(0).await;
     assert!(twilio.updates().is_empty(), "a hand-off is not a hang-up");
 }
+
+#[actix_web::test]
+async fn each_call_logs_its_model_connect_first_audio_barge_in_and_end_and_never_the_key() {
+    let key = "sk-live-5e3c4b2a1f0e";
+    let (model, twilio) = (
+        FakeOpenAi::start(key),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let mut bin = spawn_binary(&[
+        ("HANDLER", "openai"),
+        ("OPENAI_API_KEY", key),
+        ("OPENAI_REALTIME_URL", &model.url),
+        ("TWILIO_API_BASE_URL", &twilio.base),
+        ("TWILIO_API_KEY_SID", KEY_SID),
+        ("TWILIO_API_KEY_SECRET", "key-secret"),
+        ("RUST_LOG", "debug"),
+    ])
+    .await;
+    let sid = stream_sid_for("CAlogged");
+    let mut call = started(&bin.app, &model, "CAlogged").await;
+    model
+        .send(json!({"type": "input_audio_buffer.speech_stopped"}))
+        .await;
+    model
+        .send(
+            json!({"type": "response.output_audio.delta", "item_id": "i1", "delta": audio_ms(100)}),
+        )
+        .await;
+    assert_eq!(call.next_json().await["event"], "media");
+    assert_eq!(call.next_json().await["event"], "mark");
+    model
+        .send(json!({"type": "input_audio_buffer.speech_started"}))
+        .await;
+    assert_eq!(call.next_json().await["event"], "clear");
+    call.stop(&sid, "CAlogged").await;
+    assert_eq!(call.expect_close().await.0, 1000);
+    for needle in [
+        "agent: model connected in",
+        "agent: first audio",
+        "agent: barge-in after 0 of 100 ms",
+        "agent: call ended (stop), 1 barge-in(s)",
+    ] {
+        let line = bin.wait_for_log(needle).await;
+        assert!(line.contains("CAlogged"), "no call_sid: {line}");
+    }
+    bin.signal("TERM");
+    assert_eq!(bin.exit_code(PATIENCE).await, 0);
+    let leaked: Vec<String> = bin
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains(key) || l.contains("key-secret"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+}

@@ -314,9 +314,9 @@ impl CallHandler for OpenAiAgent {
             UpstreamEvent::Open => {
                 self.open = true;
                 if let Some(started) = self.connecting.take() {
-                    self.metrics
-                        .agent_connect
-                        .observe(started.elapsed().as_secs_f64());
+                    let took = started.elapsed();
+                    self.metrics.agent_connect.observe(took.as_secs_f64());
+                    log::info!(call_sid = call.call_sid(); "agent: model connected in {} ms", took.as_millis());
                 }
                 let update = self.session_update();
                 self.send(call, update);
