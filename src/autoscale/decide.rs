@@ -2,8 +2,10 @@
 //!
 //! `desired = clamp(ceil(load / (limit × target_utilization)), MIN, MAX)`, where `load` is the
 //! live calls of the non-draining replicas seen plus, for each replica Railway runs that no
-//! sample reached, a full replica's worth (`limit`). Scale out at once (calls bounced by full
-//! replicas since the last interval add one); scale in one replica at a time, only when the
+//! sample reached, a full replica's worth (`limit`). Scale out at once (calls bounced since the
+//! last interval add one while at least half the replicas seen are full: behind a random
+//! balancer one full replica among free ones keeps bouncing calls that the next try places, and
+//! more replicas would not empty it); scale in one replica at a time, only when the
 //! utilization is below `scale_in_below`, the cooldown has passed since the last change and every
 //! replica was seen: a failed or partial observation never scales in.
 
@@ -32,6 +34,8 @@ pub struct Load {
     pub unseen: u32,
     /// Calls refused by full (non-draining) replicas since the last interval: bounced callers.
     pub bounced: u64,
+    /// Of the replicas seen, those at their limit.
+    pub full: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,11 +107,18 @@ pub fn decide(
         load.limit
     );
     if load.bounced > 0 && desired <= current && current < policy.max {
-        desired = current + 1;
-        why = format!(
-            "{why}; {} call(s) bounced by full replicas: one more",
-            load.bounced
-        );
+        if load.full * 2 >= load.seen {
+            desired = current + 1;
+            why = format!(
+                "{why}; {} call(s) bounced, {} of {} replicas full: one more",
+                load.bounced, load.full, load.seen
+            );
+        } else {
+            why = format!(
+                "{why}; {} call(s) bounced by {} full replica(s) of {}: retries find room",
+                load.bounced, load.full, load.seen
+            );
+        }
     }
     let utilization = calls as f64 / (f64::from(current.max(1)) * load.limit as f64);
     if current > policy.max {
@@ -198,6 +209,7 @@ mod tests {
             seen,
             unseen,
             bounced: 0,
+            full: 0,
         }
     }
 
@@ -285,14 +297,26 @@ mod tests {
     }
 
     #[test]
-    fn bounced_calls_add_one_replica() {
+    fn bounced_calls_add_one_replica_while_half_the_replicas_are_full() {
         let mut l = load(10, 2, 0);
         l.bounced = 3;
+        l.full = 1;
         let d = run(2, Some(l), Some(0));
         assert_eq!((d.action, d.to), (Action::ScaleOut, 3));
-        assert!(d.reason.contains("3 call(s) bounced"), "{}", d.reason);
+        assert!(
+            d.reason.contains("3 call(s) bounced, 1 of 2 replicas full"),
+            "{}",
+            d.reason
+        );
+        // One full replica of 4, the others with room: a retry finds room, no step.
+        let mut l = load(18, 4, 0);
+        (l.bounced, l.full) = (2, 1);
+        let d = run(4, Some(l), Some(0));
+        assert_eq!(d.action, Action::Hold);
+        assert!(d.reason.contains("retries find room"), "{}", d.reason);
         // Not past MAX.
-        l.seen = 6;
+        let mut l = load(30, 6, 0);
+        (l.bounced, l.full) = (3, 6);
         assert_eq!(run(6, Some(l), Some(0)).action, Action::Hold);
     }
 }

@@ -129,6 +129,7 @@ impl Observer {
                 continue;
             }
             load.seen += 1;
+            load.full += u32::from(health.limit > 0 && health.active_calls >= health.limit);
             load.active_calls += health.active_calls;
             load.limit = load.limit.max(health.limit);
             if let Some(before) = self.rejected.get(id) {
