@@ -27,8 +27,7 @@ import tempfile
 import time
 import wave
 
-from harness import Server, callsim, free_port, report, rss_kib
-from bench import cpu_seconds, steal_seconds
+from harness import Server, callsim, cpu_seconds, free_port, report, rss_kib, steal_seconds
 
 TARGET_P99_MS = 2.0
 

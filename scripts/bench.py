@@ -22,26 +22,7 @@ import sys
 import tempfile
 import time
 
-from harness import CALLSIM, SERVER, free_port, rss_kib
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    """utime + stime of a process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def steal_seconds(core):
-    """Time the hypervisor took from `core` (the `steal` column of /proc/stat)."""
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith(f"cpu{core} "):
-                return int(line.split()[8]) / TICK
-    return 0.0
-
+from harness import CALLSIM, SERVER, cpu_seconds, free_port, rss_kib, steal_seconds
 
 def get(port, path, method="GET", body=None, headers=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

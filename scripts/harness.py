@@ -1,5 +1,5 @@
-"""Shared by scripts/abuse.py and scripts/soak.py: one release server pinned to a core, and what
-they read of it (/, /metrics, RSS, its log)."""
+"""Shared by the scripts that run the release server (abuse, soak, bench, agent_bench): one server
+pinned to a core, and what they read of it (/, /metrics, RSS, CPU and steal time, its log)."""
 
 import http.client
 import json
@@ -15,6 +15,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.path.join(ROOT, "target", "release", "callvisor")
 CALLSIM = os.path.join(ROOT, "target", "release", "callsim")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def steal_seconds(core):
+    """Time the hypervisor took from `core` (the `steal` column of /proc/stat)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                return int(line.split()[8]) / TICK
+    return 0.0
 
 
 def free_port():

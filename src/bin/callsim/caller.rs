@@ -480,16 +480,8 @@ impl<'a> Leg<'a> {
                     }
                     if now >= hang_up_at {
                         // The caller hangs up: Twilio sends `stop` and the server closes.
-                        let stop = TwilioFrame::Stop {
-                            sequence_number: self.next_sequence(),
-                            stream_sid: &self.stream_sid,
-                            stop: Stop {
-                                account_sid: self.ctx.account_sid.clone(),
-                                call_sid: self.call.record.call_sid.clone(),
-                            },
-                        };
-                        if ws.send(Message::Text(stop.to_json().into())).await.is_err() {
-                            return LegEnd::Broken("stream write failed".into());
+                        if let Err(end) = self.send_stop(ws).await {
+                            return end;
                         }
                         stop_sent = Some(now);
                         continue;
