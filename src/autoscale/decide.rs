@@ -23,7 +23,7 @@ pub struct Policy {
 }
 
 /// What an interval saw of the call service.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Load {
     /// Live calls on the non-draining replicas that answered.
     pub active_calls: u64,

@@ -62,12 +62,9 @@ pub struct Observation {
     pub expected: u32,
     pub samples: u32,
     pub answered: u32,
-    /// `None` when no sample answered: a failed observation.
-    #[serde(skip)]
+    /// What the decision reads; `None` (null) when no sample answered: a failed observation.
     pub load: Option<Load>,
     pub replicas: Vec<ReplicaView>,
-    pub unseen: u32,
-    pub bounced: u64,
 }
 
 pub struct Observer {
@@ -159,8 +156,6 @@ impl Observer {
                     age_intervals: round - at,
                 })
                 .collect(),
-            unseen: load.unseen,
-            bounced: load.bounced,
         }
     }
 }
