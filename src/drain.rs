@@ -13,8 +13,10 @@ use crate::call::supervisor::{CallSupervisor, GetSnapshot, HandOffAll, StartDrai
 
 /// How often a drain logs the calls it still waits for.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// How long handed-off calls get to close before the process exits anyway.
-const HANDOFF_GRACE: Duration = Duration::from_secs(6);
+/// How long handed-off calls get to close before the process exits anyway. A call whose end
+/// the app asked for is not handed off: it closes once its REST update answers, so the grace
+/// covers the longest update.
+const HANDOFF_GRACE: Duration = crate::twilio::rest::MAX_UPDATE_TIME;
 
 /// The process's shutdown signals.
 pub struct Signals {

@@ -24,12 +24,16 @@
 //! - [`drain`]: SIGTERM handling: drain, hand-off, exit.
 //! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
 //! - [`autoscale`]: the replica controller for Railway (`callvisor autoscale`).
+//! - `fakes` (with the `callsim` feature): strict fakes of OpenAI's Realtime API and Twilio's
+//!   REST API, shared by the tests and callsim.
 
 pub mod app;
 pub mod autoscale;
 pub mod call;
 pub mod config;
 pub mod drain;
+#[cfg(feature = "callsim")]
+pub mod fakes;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -46,8 +46,12 @@ pub enum UpstreamEvent {
         code: u16,
         reason: String,
     },
-    /// It could not be reached (refused, handshake error, no answer within the timeout).
-    Failed(String),
+    /// It could not be reached (refused, handshake error, no answer within the timeout);
+    /// `status` is the HTTP status that refused the handshake, if it got that far.
+    Failed {
+        status: Option<u16>,
+        reason: String,
+    },
 }
 
 /// How a call ended, as [`CallHandler::on_end`] hears it.

@@ -35,15 +35,13 @@ pub enum UpstreamInput {
     Ended,
 }
 
-/// Where the call's upstream is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamState {
-    /// Never asked for.
-    None,
-    Connecting,
-    Open,
-    /// Closed, failed, or given up: nothing more comes from it.
-    Done,
+/// Why the upstream could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectError {
+    /// The HTTP status the handshake was answered with, when it got that far (401: the
+    /// credentials were refused; 429: rate limited).
+    pub status: Option<u16>,
+    pub message: String,
 }
 
 thread_local! {
@@ -58,7 +56,7 @@ thread_local! {
 }
 
 /// Opens the upstream: the WebSocket handshake, within `request.timeout`.
-pub async fn connect(request: UpstreamRequest) -> Result<UpstreamSocket, String> {
+pub async fn connect(request: UpstreamRequest) -> Result<UpstreamSocket, ConnectError> {
     let handshake = CLIENT.with(|client| {
         let mut ws = client.ws(&request.url).max_frame_size(MAX_UPSTREAM_FRAME);
         for (name, value) in &request.headers {
@@ -67,11 +65,17 @@ pub async fn connect(request: UpstreamRequest) -> Result<UpstreamSocket, String>
         ws.connect()
     });
     match tokio::time::timeout(request.timeout, handshake).await {
-        Err(_) => Err(format!(
-            "no answer within {} ms",
-            request.timeout.as_millis()
-        )),
-        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(ConnectError {
+            status: None,
+            message: format!("no answer within {} ms", request.timeout.as_millis()),
+        }),
+        Ok(Err(e)) => Err(ConnectError {
+            status: match &e {
+                awc::error::WsClientError::InvalidResponseStatus(status) => Some(status.as_u16()),
+                _ => None,
+            },
+            message: e.to_string(),
+        }),
         Ok(Ok((_, socket))) => Ok(socket),
     }
 }

@@ -20,6 +20,8 @@ use crate::twilio::twiml::TwimlResponse;
 pub const DEFAULT_API_BASE_URL: &str = "https://api.twilio.com";
 /// Per request; a call update that takes longer is retried once, then given up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a call update can take: two tries of [`REQUEST_TIMEOUT`], and a margin.
+pub const MAX_UPDATE_TIME: Duration = Duration::from_secs(11);
 
 /// Whom the REST requests authenticate as.
 #[derive(Clone, Debug)]

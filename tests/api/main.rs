@@ -15,7 +15,6 @@ mod capacity;
 mod config_errors;
 mod disconnects;
 mod drain;
-mod fake_openai;
 mod fake_railway;
 mod fake_twilio;
 mod helpers;

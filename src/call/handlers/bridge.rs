@@ -186,7 +186,7 @@ impl CallHandler for BridgeHandler {
                 log::warn!(call_sid = call.call_sid(); "bridge: the bot's socket closed {code} {reason}");
                 call.fail_over("upstream unavailable");
             }
-            UpstreamEvent::Failed(why) => {
+            UpstreamEvent::Failed { reason: why, .. } => {
                 log::warn!(call_sid = call.call_sid(); "bridge: the bot cannot be reached: {why}");
                 call.fail_over("upstream unavailable");
             }

@@ -3,19 +3,34 @@
 //! Per call: one Realtime WebSocket (`Authorization: Bearer`, no `OpenAI-Beta` header), configured
 //! with `session.update` for 8 kHz mu-law both ways (`audio/pcmu`: Twilio's own format, so audio
 //! is never transcoded). Caller audio goes out as `input_audio_buffer.append` with Twilio's base64
-//! unchanged; each `response.output_audio.delta` goes to Twilio as `media`, followed by a `mark`,
-//! so the agent knows exactly how much of each of its answers the caller has heard.
+//! unchanged (what the caller says before the model's socket opens waits, the latest
+//! [`EARLY_AUDIO_MS`], and follows `session.update` in order); each
+//! `response.output_audio.delta` goes to Twilio as `media`, followed by a `mark`, so the agent
+//! knows exactly how much of each of its answers the caller has heard.
 //!
-//! Barge-in: when the model reports `input_audio_buffer.speech_started` while some of its audio is
-//! still unplayed, Twilio gets `clear` and the model `conversation.item.truncate` for the playing
-//! item with `audio_end_ms` = the milliseconds of that item whose marks Twilio returned (mu-law is
-//! 8 bytes a millisecond): what the caller really heard, not an estimate from timestamps.
+//! The agent mirrors the model's state, under the API's rules:
+//! - **One response at a time.** A response lives from `response.created` to `response.done`;
+//!   `response.create` is sent only when none is active (or asked for): a key press or a tool's
+//!   answer adds its item at once and the response waits for `response.done`. A
+//!   `conversation_already_has_active_response` error (the server started one on its own at the
+//!   same moment) puts the request back in line.
+//! - **Errors are per event.** An `error` ends the call only when the session is over
+//!   (`session_expired`, the key or the quota refused); any other is logged at WARN with its
+//!   `code` and `param`, counted, and the call goes on. The socket closing ends the call.
+//! - **Barge-in.** On `input_audio_buffer.speech_started` with agent audio still unplayed, Twilio
+//!   gets `clear` and the model `conversation.item.truncate` for the item playing (the oldest one
+//!   with unacknowledged audio) at `audio_end_ms` = the bytes of it whose marks Twilio returned,
+//!   divided by 8 (mu-law: 8 bytes a millisecond): what the caller heard. The server cancels its
+//!   response itself; deltas of it still in flight are dropped, never played. Marks that are not
+//!   pending (Twilio returns cleared marks after `clear`) are ignored.
 //!
-//! Tools: `end_call` (always): the goodbye audio plays out (its mark returns), then the call is
-//! hung up through Twilio's REST API. `transfer_call` (with `AGENT_TRANSFER_NUMBER`): `<Dial>`.
-//! Failures: the model unreachable at start → 1011 (Twilio retries on another replica); the
-//! model's socket closing or an `error` event mid-call → the caller hears a short apology
-//! (`<Say>` then `<Hangup/>`, REST) instead of silence.
+//! Tools: `end_call` (always): the goodbye plays out (the response is done and every mark sent
+//! has returned), then the call is hung up through Twilio's REST API. `transfer_call` (with
+//! `AGENT_TRANSFER_NUMBER`): `<Dial>`. Failures: the model unreachable at start, rate limited or
+//! failing → 1011 (Twilio retries on another replica); the key refused (401/403) → the apology at
+//! once (every replica would get the same answer); the model's session ending mid-call → the
+//! caller hears the apology (`<Say>` then `<Hangup/>`, REST) instead of silence. A call that comes
+//! back after a hand-off (`attempt` > 1) is not greeted again.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,15 +49,47 @@ use crate::twilio::messages::Start;
 
 /// What the caller hears when the model goes away mid-call.
 pub const APOLOGY: &str = "Sorry, the assistant is unavailable right now. Please call again later.";
-/// How long the model's handshake may take before the call is failed over.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much caller audio waits for the model's socket to open (the latest of it is kept).
+pub const EARLY_AUDIO_MS: u64 = 5_000;
+/// Marks awaiting Twilio's echo at most; past it, audio goes out unmarked (that much unplayed
+/// audio is 50 s of 100 ms deltas) and what was heard of it counts only from later marks.
+pub const MAX_PENDING_MARKS: usize = 512;
+/// mu-law at 8 kHz.
+const BYTES_PER_MS: u64 = 8;
 
-/// One played-or-not chunk of agent audio: the mark sent after it.
+/// Logs about this call with its CallSid and StreamSid as structured fields.
+macro_rules! agent_log {
+    ($call:expr, $level:ident, $($fmt:tt)+) => {
+        log::log!(log::Level::$level, call_sid = $call.call_sid(), stream_sid = $call.stream_sid(); $($fmt)+)
+    };
+}
+
+/// One chunk of agent audio sent to Twilio, and the mark sent after it.
 struct PendingMark {
     name: String,
     item_id: String,
-    /// Milliseconds of `item_id` heard once this mark returns.
-    item_end_ms: u64,
+    /// Bytes of `item_id` heard once this mark returns.
+    item_end: u64,
+}
+
+/// An assistant item whose audio went to Twilio.
+struct PlayedItem {
+    id: String,
+    /// Bytes of its audio sent to Twilio, and the part of them whose marks returned.
+    sent: u64,
+    heard: u64,
+}
+
+/// The model's response lifecycle, as far as the rule "one response at a time" needs it.
+#[derive(Default)]
+struct Responses {
+    /// A response is in progress (`response.created` … `response.done`), or was asked for and
+    /// has not been created yet.
+    active: bool,
+    /// The id of the response in progress, once created.
+    id: Option<String>,
+    /// A `response.create` waits for the active response to finish.
+    wanted: bool,
 }
 
 pub struct OpenAiAgent {
@@ -53,18 +100,24 @@ pub struct OpenAiAgent {
     open: bool,
     /// The caller's `<Parameter>`s, for `{{Name}}` placeholders in the instructions.
     instructions: String,
-    /// Agent audio sent to Twilio whose marks have not come back, oldest first.
+    /// Whether this attempt greets the caller (not after a hand-off: the caller was greeted).
+    greet: bool,
+    /// Caller audio (base64) that arrived before the model's socket opened, and its bytes.
+    early_audio: VecDeque<String>,
+    early_bytes: u64,
+    responses: Responses,
+    /// A response the caller talked over: its deltas still in flight are dropped.
+    interrupted: Option<String>,
+    /// Items with audio at Twilio, oldest first; marks sent and not yet returned, oldest first.
+    items: VecDeque<PlayedItem>,
     marks: VecDeque<PendingMark>,
     mark_seq: u64,
-    /// The item now playing and how many of its milliseconds were sent / heard.
-    item_id: Option<String>,
-    item_sent_ms: u64,
-    item_heard_ms: u64,
-    /// `end_call` was called: hang up once the last mark returns.
+    /// `end_call` was called: hang up once the response is done and its audio has played.
     ending: bool,
     /// For the first-audio latency log line.
     response_asked: Option<Instant>,
     barge_ins: u64,
+    dropped_deltas: u64,
 }
 
 impl OpenAiAgent {
@@ -75,19 +128,29 @@ impl OpenAiAgent {
             metrics,
             connecting: None,
             open: false,
+            greet: true,
+            early_audio: VecDeque::new(),
+            early_bytes: 0,
+            responses: Responses::default(),
+            interrupted: None,
+            items: VecDeque::new(),
             marks: VecDeque::new(),
             mark_seq: 0,
-            item_id: None,
-            item_sent_ms: 0,
-            item_heard_ms: 0,
             ending: false,
             response_asked: None,
             barge_ins: 0,
+            dropped_deltas: 0,
         }
     }
 
     fn send(&self, call: &mut Call<'_>, event: Value) {
         call.send_upstream_text(event.to_string());
+    }
+
+    fn append_audio(call: &mut Call<'_>, payload_base64: &str) {
+        call.send_upstream_text(format!(
+            r#"{{"type":"input_audio_buffer.append","audio":"{payload_base64}"}}"#
+        ));
     }
 
     fn session_update(&self) -> Value {
@@ -121,6 +184,19 @@ impl OpenAiAgent {
         })
     }
 
+    /// Asks for a response now, or after the active one is done.
+    fn request_response(&mut self, call: &mut Call<'_>) {
+        if self.responses.active {
+            self.responses.wanted = true;
+            return;
+        }
+        self.responses.active = true;
+        self.responses.id = None;
+        self.send(call, json!({"type": "response.create"}));
+        self.response_asked = Some(Instant::now());
+    }
+
+    /// A user message (text) in the conversation, and a response to it.
     fn user_text(&mut self, call: &mut Call<'_>, text: &str) {
         self.send(
             call,
@@ -130,108 +206,7 @@ impl OpenAiAgent {
                          "content": [{"type": "input_text", "text": text}]},
             }),
         );
-        self.send(call, json!({"type": "response.create"}));
-        self.response_asked = Some(Instant::now());
-    }
-
-    fn on_model_event(&mut self, event: Value, call: &mut Call<'_>) {
-        match event["type"].as_str().unwrap_or("") {
-            "response.output_audio.delta" => {
-                let (Some(delta), Some(item)) =
-                    (event["delta"].as_str(), event["item_id"].as_str())
-                else {
-                    return;
-                };
-                if let Some(asked) = self.response_asked.take() {
-                    let waited = asked.elapsed();
-                    self.metrics.agent_first_audio.observe(waited.as_secs_f64());
-                    log::info!(call_sid = call.call_sid(); "agent: first audio {} ms after the caller stopped (or the response was asked for)", waited.as_millis());
-                }
-                if self.item_id.as_deref() != Some(item) {
-                    self.item_id = Some(item.to_string());
-                    self.item_sent_ms = 0;
-                    self.item_heard_ms = 0;
-                }
-                call.media_base64(delta);
-                self.item_sent_ms += decoded_len(delta) / 8;
-                self.mark_seq += 1;
-                let name = format!("agent-{}", self.mark_seq);
-                call.mark(&name);
-                self.marks.push_back(PendingMark {
-                    name,
-                    item_id: item.to_string(),
-                    item_end_ms: self.item_sent_ms,
-                });
-            }
-            "input_audio_buffer.speech_stopped" => {
-                self.response_asked = Some(Instant::now());
-            }
-            "input_audio_buffer.speech_started" => {
-                if self.marks.is_empty() {
-                    return;
-                }
-                // The caller talks over the agent: stop its audio, and tell the model what of
-                // the playing item was really heard.
-                self.barge_ins += 1;
-                self.metrics.agent_barge_ins.inc();
-                call.clear();
-                if let Some(item) = self.item_id.clone() {
-                    log::info!(call_sid = call.call_sid(); "agent: barge-in after {} of {} ms", self.item_heard_ms, self.item_sent_ms);
-                    self.send(
-                        call,
-                        json!({"type": "conversation.item.truncate", "item_id": item,
-                               "content_index": 0, "audio_end_ms": self.item_heard_ms}),
-                    );
-                }
-                self.marks.clear();
-            }
-            "response.output_item.done" => {
-                let item = &event["item"];
-                if item["type"] != "function_call" {
-                    return;
-                }
-                let name = item["name"].as_str().unwrap_or("");
-                log::info!(call_sid = call.call_sid(); "agent: tool call {name}");
-                let label = match name {
-                    "end_call" => "end_call",
-                    "transfer_call" => "transfer_call",
-                    _ => "other",
-                };
-                self.metrics
-                    .agent_tool_calls
-                    .get_or_create(&[("name", label)])
-                    .inc();
-                match name {
-                    "end_call" => {
-                        self.ending = true;
-                        if self.marks.is_empty() {
-                            call.hang_up();
-                        }
-                    }
-                    "transfer_call" => match self.config.transfer_number.clone() {
-                        Some(to) => call.transfer(&to),
-                        None => self.tool_output(call, item, "no transfer number is configured"),
-                    },
-                    _ => self.tool_output(call, item, "unknown tool"),
-                }
-            }
-            "error" => {
-                let error = &event["error"];
-                log::error!(call_sid = call.call_sid(); "agent: model error {}: {}", error["code"], error["message"]);
-                let kind = match (error["code"].as_str(), error["type"].as_str()) {
-                    (Some("session_expired"), _) => "session_expired",
-                    (Some(c), _) if c.contains("rate_limit") => "rate_limit",
-                    (_, Some("server_error")) => "server_error",
-                    _ => "other",
-                };
-                self.metrics
-                    .agent_model_errors
-                    .get_or_create(&[("type", kind)])
-                    .inc();
-                call.say_and_hang_up(APOLOGY);
-            }
-            _ => {}
-        }
+        self.request_response(call);
     }
 
     fn tool_output(&mut self, call: &mut Call<'_>, item: &Value, output: &str) {
@@ -240,7 +215,227 @@ impl OpenAiAgent {
             json!({"type": "conversation.item.create",
                    "item": {"type": "function_call_output", "call_id": item["call_id"], "output": output}}),
         );
-        self.send(call, json!({"type": "response.create"}));
+        self.request_response(call);
+    }
+
+    fn on_model_event(&mut self, event: Value, call: &mut Call<'_>) {
+        match event["type"].as_str().unwrap_or("") {
+            "response.created" => {
+                self.responses.active = true;
+                self.responses.id = event["response"]["id"].as_str().map(str::to_string);
+            }
+            "response.done" => self.response_done(call),
+            "response.output_audio.delta" => self.on_delta(&event, call),
+            "input_audio_buffer.speech_stopped" => {
+                self.response_asked = Some(Instant::now());
+            }
+            "input_audio_buffer.speech_started" => self.barge_in(call),
+            "response.output_item.done" => {
+                let item = &event["item"];
+                if item["type"] == "function_call" {
+                    self.on_tool_call(item, call);
+                }
+            }
+            "error" => self.on_error(&event["error"], call),
+            _ => {}
+        }
+    }
+
+    fn response_done(&mut self, call: &mut Call<'_>) {
+        self.responses.active = false;
+        self.responses.id = None;
+        if self.ending {
+            return self.hang_up_when_played(call);
+        }
+        if std::mem::take(&mut self.responses.wanted) {
+            self.request_response(call);
+        }
+    }
+
+    fn on_delta(&mut self, event: &Value, call: &mut Call<'_>) {
+        let (Some(delta), Some(item_id)) = (event["delta"].as_str(), event["item_id"].as_str())
+        else {
+            return;
+        };
+        if self.interrupted.is_some()
+            && event["response_id"].as_str() == self.interrupted.as_deref()
+        {
+            // Cut off by the caller: already cancelled, never to be heard.
+            self.dropped_deltas += 1;
+            return;
+        }
+        if let Some(asked) = self.response_asked.take() {
+            let waited = asked.elapsed();
+            self.metrics.agent_first_audio.observe(waited.as_secs_f64());
+            agent_log!(
+                call,
+                Info,
+                "agent: first audio {} ms after the caller stopped (or the response was asked for)",
+                waited.as_millis()
+            );
+        }
+        let bytes = decoded_len(delta);
+        let item = match self.items.back_mut() {
+            Some(item) if item.id == item_id => item,
+            _ => {
+                self.items.push_back(PlayedItem {
+                    id: item_id.to_string(),
+                    sent: 0,
+                    heard: 0,
+                });
+                self.items.back_mut().expect("pushed")
+            }
+        };
+        item.sent += bytes;
+        let item_end = item.sent;
+        call.media_base64(delta);
+        if self.marks.len() < MAX_PENDING_MARKS {
+            self.mark_seq += 1;
+            let name = format!("agent-{}", self.mark_seq);
+            call.mark(&name);
+            self.marks.push_back(PendingMark {
+                name,
+                item_id: item_id.to_string(),
+                item_end,
+            });
+        }
+    }
+
+    /// The caller talks: if some agent audio has not played yet, stop it and tell the model
+    /// what of the playing item was heard.
+    fn barge_in(&mut self, call: &mut Call<'_>) {
+        // The server cancels the response in progress (interrupt_response): what it still
+        // sends of it is stale.
+        if let Some(id) = self.responses.id.clone() {
+            self.interrupted = Some(id);
+        }
+        if self.marks.is_empty() {
+            return;
+        }
+        self.barge_ins += 1;
+        self.metrics.agent_barge_ins.inc();
+        call.clear();
+        if let Some(playing) = self.items.iter().find(|i| i.heard < i.sent) {
+            let heard_ms = playing.heard / BYTES_PER_MS;
+            agent_log!(
+                call,
+                Info,
+                "agent: barge-in after {} of {} ms",
+                heard_ms,
+                playing.sent / BYTES_PER_MS
+            );
+            let truncate = json!({"type": "conversation.item.truncate", "item_id": playing.id,
+                                  "content_index": 0, "audio_end_ms": heard_ms});
+            self.send(call, truncate);
+        }
+        // Twilio drops what it had not played and returns those marks: they are not pending.
+        self.marks.clear();
+        self.items.clear();
+        if self.ending {
+            // The goodbye was cut short: there is nothing left to wait for.
+            self.hang_up_when_played(call);
+        }
+    }
+
+    fn on_tool_call(&mut self, item: &Value, call: &mut Call<'_>) {
+        let name = item["name"].as_str().unwrap_or("");
+        agent_log!(call, Info, "agent: tool call {name}");
+        let label = match name {
+            "end_call" => "end_call",
+            "transfer_call" => "transfer_call",
+            _ => "other",
+        };
+        self.metrics
+            .agent_tool_calls
+            .get_or_create(&[("name", label)])
+            .inc();
+        match name {
+            "end_call" => {
+                self.ending = true;
+                self.hang_up_when_played(call);
+            }
+            "transfer_call" => match self.config.transfer_number.clone() {
+                Some(to) => call.transfer(&to),
+                None => self.tool_output(call, item, "no transfer number is configured"),
+            },
+            _ => self.tool_output(call, item, "unknown tool"),
+        }
+    }
+
+    /// After `end_call`: hangs up once the response is done and every mark sent has returned.
+    fn hang_up_when_played(&mut self, call: &mut Call<'_>) {
+        if !self.responses.active && self.marks.is_empty() {
+            call.hang_up();
+        }
+    }
+
+    /// Sorts an `error` event: only those that mean the session is over end the call.
+    fn on_error(&mut self, error: &Value, call: &mut Call<'_>) {
+        let code = error["code"].as_str().unwrap_or("");
+        let kind = match (code, error["type"].as_str().unwrap_or("")) {
+            ("session_expired", _) => "session_expired",
+            ("invalid_api_key", _) | (_, "authentication_error" | "permission_error") => "auth",
+            ("insufficient_quota", _) => "quota",
+            ("conversation_already_has_active_response", _) => "active_response",
+            (c, _) if c.contains("rate_limit") => "rate_limit",
+            (_, "server_error") => "server_error",
+            (_, "invalid_request_error") => "invalid_request",
+            _ => "other",
+        };
+        self.metrics
+            .agent_model_errors
+            .get_or_create(&[("type", kind)])
+            .inc();
+        let fatal = matches!(kind, "session_expired" | "auth" | "quota");
+        if fatal {
+            agent_log!(
+                call,
+                Error,
+                "agent: the model's session is over ({kind}): {}: {}",
+                code,
+                error["message"]
+            );
+            call.say_and_hang_up(APOLOGY);
+            return;
+        }
+        agent_log!(call, Warn, "agent: the model refused an event (the call goes on): code={} param={} event_id={}: {}",
+            code, error["param"], error["event_id"], error["message"]);
+        if kind == "active_response" {
+            // The server started a response of its own first: ask again after it.
+            self.responses.active = true;
+            self.responses.wanted = true;
+        }
+    }
+
+    fn model_opened(&mut self, call: &mut Call<'_>) {
+        self.open = true;
+        if let Some(started) = self.connecting.take() {
+            let took = started.elapsed();
+            self.metrics.agent_connect.observe(took.as_secs_f64());
+            agent_log!(
+                call,
+                Info,
+                "agent: model connected in {} ms",
+                took.as_millis()
+            );
+        }
+        let update = self.session_update();
+        self.send(call, update);
+        if !self.early_audio.is_empty() {
+            agent_log!(
+                call,
+                Debug,
+                "agent: {} ms of caller audio from before the model opened follow",
+                self.early_bytes / BYTES_PER_MS
+            );
+        }
+        for payload in std::mem::take(&mut self.early_audio) {
+            Self::append_audio(call, &payload);
+        }
+        self.early_bytes = 0;
+        if let Some(greeting) = self.config.greeting.clone().filter(|_| self.greet) {
+            self.user_text(call, &format!("Greet the caller with: {greeting}"));
+        }
     }
 }
 
@@ -251,6 +446,11 @@ impl CallHandler for OpenAiAgent {
             instructions = instructions.replace(&format!("{{{{{name}}}}}"), value);
         }
         self.instructions = instructions;
+        self.greet = start
+            .custom_parameters
+            .get("attempt")
+            .and_then(|a| a.parse::<u32>().ok())
+            .is_none_or(|attempt| attempt <= 1);
         self.connecting = Some(Instant::now());
         let sep = if self.config.url.contains('?') {
             '&'
@@ -263,7 +463,7 @@ impl CallHandler for OpenAiAgent {
                 "Authorization".into(),
                 format!("Bearer {}", self.config.api_key.expose_secret()),
             )],
-            timeout: CONNECT_TIMEOUT,
+            timeout: DEFAULT_CONNECT_TIMEOUT, // MERGE: self.config.connect_timeout
         });
         Ok(())
     }
@@ -274,10 +474,17 @@ impl CallHandler for OpenAiAgent {
         call: &mut Call<'_>,
     ) -> Result<(), HandlerError> {
         if self.open {
-            call.send_upstream_text(format!(
-                r#"{{"type":"input_audio_buffer.append","audio":"{}"}}"#,
-                media.payload_base64
-            ));
+            Self::append_audio(call, media.payload_base64);
+            return Ok(());
+        }
+        // Before the model's socket opens: keep the latest EARLY_AUDIO_MS of it.
+        self.early_bytes += media.audio.len() as u64;
+        self.early_audio.push_back(media.payload_base64.to_string());
+        while self.early_bytes > EARLY_AUDIO_MS * BYTES_PER_MS {
+            let Some(oldest) = self.early_audio.pop_front() else {
+                break;
+            };
+            self.early_bytes -= decoded_len(&oldest);
         }
         Ok(())
     }
@@ -290,17 +497,21 @@ impl CallHandler for OpenAiAgent {
     }
 
     fn on_mark(&mut self, name: &str, call: &mut Call<'_>) -> Result<(), HandlerError> {
-        // Twilio returns marks in order; a cleared mark comes back too and is already gone.
-        while let Some(mark) = self.marks.pop_front() {
-            if self.item_id.as_deref() == Some(mark.item_id.as_str()) {
-                self.item_heard_ms = mark.item_end_ms;
-            }
-            if mark.name == name {
-                break;
+        // Twilio returns marks in order; one that is not pending was cleared: nothing to learn.
+        let Some(at) = self.marks.iter().position(|m| m.name == name) else {
+            return Ok(());
+        };
+        for mark in self.marks.drain(..=at) {
+            if let Some(item) = self.items.iter_mut().find(|i| i.id == mark.item_id) {
+                item.heard = item.heard.max(mark.item_end);
             }
         }
-        if self.ending && self.marks.is_empty() {
-            call.hang_up();
+        // Items fully heard, with a later item after them, are done with.
+        while self.items.len() > 1 && self.items[0].heard >= self.items[0].sent {
+            self.items.pop_front();
+        }
+        if self.ending {
+            self.hang_up_when_played(call);
         }
         Ok(())
     }
@@ -311,32 +522,40 @@ impl CallHandler for OpenAiAgent {
         call: &mut Call<'_>,
     ) -> Result<(), HandlerError> {
         match event {
-            UpstreamEvent::Open => {
-                self.open = true;
-                if let Some(started) = self.connecting.take() {
-                    let took = started.elapsed();
-                    self.metrics.agent_connect.observe(took.as_secs_f64());
-                    log::info!(call_sid = call.call_sid(); "agent: model connected in {} ms", took.as_millis());
-                }
-                let update = self.session_update();
-                self.send(call, update);
-                if let Some(greeting) = self.config.greeting.clone() {
-                    self.user_text(call, &format!("Greet the caller with: {greeting}"));
-                }
-            }
+            UpstreamEvent::Open => self.model_opened(call),
             UpstreamEvent::Text(text) => match serde_json::from_slice::<Value>(&text) {
                 Ok(event) => self.on_model_event(event, call),
                 Err(_) => {
-                    log::warn!(call_sid = call.call_sid(); "agent: the model sent something that is not JSON")
+                    agent_log!(
+                        call,
+                        Warn,
+                        "agent: the model sent something that is not JSON"
+                    )
                 }
             },
             UpstreamEvent::Binary(_) => {}
-            UpstreamEvent::Failed(why) => {
-                log::warn!(call_sid = call.call_sid(); "agent: the model cannot be reached: {why}");
+            UpstreamEvent::Failed {
+                status: Some(status @ (401 | 403)),
+                reason,
+            } => {
+                // Every replica would get the same answer: no point failing over.
+                agent_log!(call, Error, "agent: the model refused OPENAI_API_KEY (HTTP {status}); the caller hears the apology: {reason}");
+                self.metrics
+                    .agent_model_errors
+                    .get_or_create(&[("type", "auth")])
+                    .inc();
+                call.say_and_hang_up(APOLOGY);
+            }
+            UpstreamEvent::Failed { reason, .. } => {
+                agent_log!(call, Warn, "agent: the model cannot be reached: {reason}");
                 call.fail_over("model unavailable");
             }
             UpstreamEvent::Closed { code, reason } => {
-                log::warn!(call_sid = call.call_sid(); "agent: the model's socket closed {code} {reason}");
+                agent_log!(
+                    call,
+                    Warn,
+                    "agent: the model's socket closed {code} {reason}"
+                );
                 call.say_and_hang_up(APOLOGY);
             }
         }
@@ -344,7 +563,17 @@ impl CallHandler for OpenAiAgent {
     }
 
     fn on_end(&mut self, end: &CallEnd, call: &mut Call<'_>) {
-        log::info!(call_sid = call.call_sid(); "agent: call ended ({}), {} barge-in(s)", end.reason, self.barge_ins);
+        agent_log!(
+            call,
+            Info,
+            "agent: call ended ({}), {} barge-in(s), {} interrupted delta(s) dropped",
+            end.reason,
+            self.barge_ins,
+            self.dropped_deltas
+        );
         // The session closes the model's socket now (1000): no orphan session billing tokens.
     }
 }
+
+/// How long the model's handshake may take by default (`AGENT_CONNECT_TIMEOUT_SECS`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
