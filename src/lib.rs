@@ -24,12 +24,16 @@
 //! - [`drain`]: SIGTERM handling: drain, hand-off, exit.
 //! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
 //! - [`autoscale`]: the replica controller for Railway (`callvisor autoscale`).
+//! - `fakes` (feature `callsim`): strict fakes of the outside services, shared by the tests
+//!   and callsim's stand-ins.
 
 pub mod app;
 pub mod autoscale;
 pub mod call;
 pub mod config;
 pub mod drain;
+#[cfg(feature = "callsim")]
+pub mod fakes;
 pub mod http;
 pub mod logging;
 pub mod metrics;
