@@ -7,8 +7,8 @@ use callvisor::config::{AgentConfig, HandlerKind};
 use serde_json::json;
 
 use crate::fake_openai::FakeOpenAi;
-use crate::fake_twilio::FakeTwilio;
 use crate::helpers::*;
+use callvisor::fakes::twilio_rest::FakeTwilio;
 
 const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
 

@@ -6,8 +6,8 @@ use callvisor::config::HandlerKind;
 use serde_json::json;
 
 use crate::bot::{refusing_url, silent_url, Bot};
-use crate::fake_twilio::FakeTwilio;
 use crate::helpers::*;
+use callvisor::fakes::twilio_rest::FakeTwilio;
 
 const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
 

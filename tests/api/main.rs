@@ -17,7 +17,6 @@ mod disconnects;
 mod drain;
 mod fake_openai;
 mod fake_railway;
-mod fake_twilio;
 mod helpers;
 mod observability;
 mod webhook;
