@@ -817,4 +817,45 @@ mod tests {
         );
         assert!(read(r#"<Response xmlns="urn:x"><Hangup/></Response>"#).is_err());
     }
+
+    // Whatever text callvisor's writer is given, what it writes Twilio can run, and the words
+    // read back are the words written (XML 1.0 carries no control characters: the writer puts
+    // U+FFFD for them; Twilio speaks whitespace runs as one).
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn accepts_any_text_the_writer_escapes(text in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::char::any(),
+                proptest::sample::select(vec!['&', '<', '>', '"', '\'', '\t', '\n', '\r', '\0', '\u{FFFE}']),
+            ],
+            0..64,
+        )) {
+            let text: String = text.into_iter().collect();
+            let doc = read(&TwimlResponse::new().say(&text).hangup().build())
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let representable: String = text
+                .chars()
+                .map(|c| match c {
+                    '\t' | '\n' | '\r' => c,
+                    c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => '\u{FFFD}',
+                    c => c,
+                })
+                .collect();
+            let words = representable.split_whitespace().collect::<Vec<_>>().join(" ");
+            proptest::prop_assert_eq!(names(&doc), ["Say", "Hangup"]);
+            proptest::prop_assert_eq!(&doc[0].text, &words);
+        }
+
+        #[test]
+        fn accepts_any_transfer_target_the_writer_writes(
+            to in "\\+[1-9][0-9]{6,14}|sip:[a-z0-9._-]{1,12}@[a-z0-9.-]{1,20}(;[a-z]{1,8}=[a-z0-9]{1,8})?(\\?[A-Za-z-]{1,8}=[a-z0-9]{1,8}(&[A-Za-z-]{1,8}=[a-z0-9]{1,8})?)?",
+        ) {
+            let doc = read(&TwimlResponse::new().dial(&to).build())
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(names(&doc), ["Dial"]);
+            proptest::prop_assert_eq!(&doc[0].text, &to);
+        }
+    }
 }
