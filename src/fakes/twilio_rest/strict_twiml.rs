@@ -665,6 +665,13 @@ mod tests {
     // What callvisor's writer produces for each call update (rest.rs's forms) must pass.
 
     #[test]
+    fn accepts_a_hang_up_as_callvisor_writes_it() {
+        // rest.rs hangs up with Status=completed; its writer's <Hangup/> is the TwiML form.
+        let doc = read(&TwimlResponse::new().hangup().build()).unwrap();
+        assert_eq!(names(&doc), ["Hangup"]);
+    }
+
+    #[test]
     fn accepts_a_transfer_to_an_e164_number_as_callvisor_writes_it() {
         let doc = read(&TwimlResponse::new().dial("+14155550123").build()).unwrap();
         assert_eq!(names(&doc), ["Dial"]);
