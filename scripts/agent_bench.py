@@ -109,8 +109,11 @@ def main():
         "TWILIO_API_KEY_SID": "SK" + "0" * 32,
         "TWILIO_API_KEY_SECRET": "bench",
     }
+    # callsim's REST stand-in accepts only the credentials the server sends, as Twilio would.
     sim_args = ["--say", wav, "--say-every", "4s",
-                "--realtime-model", f"127.0.0.1:{model_port}", "--twilio-api", f"127.0.0.1:{rest_port}"]
+                "--realtime-model", f"127.0.0.1:{model_port}", "--twilio-api", f"127.0.0.1:{rest_port}",
+                "--twilio-api-key-sid", agent_env["TWILIO_API_KEY_SID"],
+                "--twilio-api-key-secret", agent_env["TWILIO_API_KEY_SECRET"]]
     if args.record:
         sim_args += ["--record", args.record]
     agent = run(args, agent_env, sim_args, "openai")

@@ -24,8 +24,8 @@
 //! - [`drain`]: SIGTERM handling: drain, hand-off, exit.
 //! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
 //! - [`autoscale`]: the replica controller for Railway (`callvisor autoscale`).
-//! - `fakes` (with the `callsim` feature): strict fakes of OpenAI's Realtime API and Twilio's
-//!   REST API, shared by the tests and callsim.
+//! - `fakes` (feature `callsim`): strict fakes of the outside services, shared by the tests
+//!   and callsim's stand-ins.
 
 pub mod app;
 pub mod autoscale;

@@ -1,7 +1,13 @@
-//! Strict fakes of the outside services callvisor talks to, one per service, shared by the
-//! tests and callsim's stand-ins: a fake that accepts anything proves nothing, so each refuses
-//! what the real service refuses, in the real service's words.
+//! The strict fakes of the outside services callvisor talks to, shared by the integration tests
+//! and callsim's stand-ins: one module per service, so that what the tests prove and what a
+//! local loop runs against are the same code.
 //!
-//! Built with the `callsim` feature (the default); the Railway build leaves them out.
+//! A fake is only worth what it refuses: each one checks what the real service checks (its
+//! authentication, its request shapes, its limits, its documents) and answers the way the real
+//! one does, with the real error codes. Where a fake has to decide something the service does
+//! not document, its module says what it decided.
+//!
+//! Compiled with the `callsim` feature only: the Railway build of the server never carries them.
 
 pub mod realtime;
+pub mod twilio_rest;

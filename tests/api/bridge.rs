@@ -6,8 +6,8 @@ use callvisor::config::HandlerKind;
 use serde_json::json;
 
 use crate::bot::{refusing_url, silent_url, Bot};
-use crate::fake_twilio::FakeTwilio;
 use crate::helpers::*;
+use callvisor::fakes::twilio_rest::FakeTwilio;
 
 const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
 
@@ -375,7 +375,18 @@ async fn callsim_stands_in_for_twilios_rest_api_so_a_hang_up_ends_the_call() {
         let api = format!("127.0.0.1:{api_port}");
         crate::callsim::callsim(
             &base,
-            &["--calls", "1", "--duration", "30s", "--twilio-api", &api],
+            &[
+                "--calls",
+                "1",
+                "--duration",
+                "30s",
+                "--twilio-api",
+                &api,
+                "--twilio-api-key-sid",
+                KEY_SID,
+                "--twilio-api-key-secret",
+                "key-secret",
+            ],
         )
         .await
     });

@@ -10,7 +10,9 @@ pub async fn callsim(target: &str, args: &[&str]) -> (Value, i32) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_callsim"));
     cmd.args(["--target", target, "--json"])
         .args(args)
-        .env_remove("TWILIO_AUTH_TOKEN");
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .env_remove("TWILIO_API_KEY_SID")
+        .env_remove("TWILIO_API_KEY_SECRET");
     // The server runs on this test's thread: wait for the child off it.
     let out = actix_web::rt::task::spawn_blocking(move || cmd.output())
         .await
@@ -422,14 +424,12 @@ async fn a_voice_caller_talks_to_the_agent_hears_its_answer_and_records_it() {
     utterance_wav(&wav);
     let model_url = format!("ws://{model}/v1/realtime");
     let rest_url = format!("http://{rest}");
+    let key_sid = "SK0123456789abcdef0123456789abcdef";
     let app = spawn_app_with(move |c| {
         c.handler =
             callvisor::config::HandlerKind::OpenAi(std::sync::Arc::new(agent_config(&model_url)));
         c.twilio_api_base_url = rest_url;
-        c.twilio_api_key = Some((
-            "SK0123456789abcdef0123456789abcdef".into(),
-            "secret".to_string().into(),
-        ));
+        c.twilio_api_key = Some((key_sid.into(), "secret".to_string().into()));
     })
     .await;
     let record = dir.join("heard");
@@ -450,6 +450,10 @@ async fn a_voice_caller_talks_to_the_agent_hears_its_answer_and_records_it() {
             &model,
             "--twilio-api",
             &rest,
+            "--twilio-api-key-sid",
+            key_sid,
+            "--twilio-api-key-secret",
+            "secret",
         ],
     )
     .await;
@@ -482,4 +486,98 @@ async fn a_voice_caller_talks_to_the_agent_hears_its_answer_and_records_it() {
     assert!(model_to_caller["count"].as_u64().unwrap() >= 3, "{s:#}");
     app.wait_for_active(0).await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[actix_web::test]
+async fn the_rest_api_stand_in_wants_the_servers_credentials() {
+    const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
+    let app = spawn_app().await;
+    let rest = free_addr();
+    let base = app.base.clone();
+    let api = rest.clone();
+    let sim = actix_web::rt::spawn(async move {
+        let args = [
+            "--calls",
+            "1",
+            "--duration",
+            "2s",
+            "--ramp",
+            "0s",
+            "--twilio-api",
+            &api,
+            "--twilio-api-key-sid",
+            KEY_SID,
+            "--twilio-api-key-secret",
+            "key-secret",
+        ];
+        callsim(&base, &args).await
+    });
+    let client = awc::Client::default();
+    let update = |secret: &'static str| {
+        client
+            .post(format!(
+                "http://{rest}/2010-04-01/Accounts/ACx/Calls/CAnone.json"
+            ))
+            .basic_auth(KEY_SID, secret)
+            .send_form(&[("Status", "completed")])
+    };
+    // Wait for the stand-in to listen, then ask with a wrong secret and with the right one.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut wrong = loop {
+        match update("wrong").await {
+            Ok(resp) => break resp,
+            Err(e) if std::time::Instant::now() > deadline => panic!("no stand-in: {e}"),
+            Err(_) => actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let body: Value = wrong.json().await.unwrap();
+    assert_eq!(
+        (wrong.status().as_u16(), &body["code"]),
+        (401, &20003.into())
+    );
+    let mut right = update("key-secret").await.unwrap();
+    let body: Value = right.json().await.unwrap();
+    assert_eq!(
+        (right.status().as_u16(), &body["code"]),
+        (404, &20404.into()),
+        "authenticated: a call callsim never placed is not found"
+    );
+    let (s, code) = sim.await.unwrap();
+    assert_eq!((code, &s["connected"]), (0, &1.into()), "{s:#}");
+}
+
+#[test]
+fn the_rest_api_stand_in_does_not_start_without_credentials() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callsim"))
+        .args([
+            "--target",
+            "http://127.0.0.1:9",
+            "--twilio-api",
+            "127.0.0.1:0",
+        ])
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .env_remove("TWILIO_API_KEY_SID")
+        .env_remove("TWILIO_API_KEY_SECRET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--twilio-api: which credentials does the server use?"),
+        "{stderr}"
+    );
+    let half = std::process::Command::new(env!("CARGO_BIN_EXE_callsim"))
+        .args([
+            "--target",
+            "http://127.0.0.1:9",
+            "--twilio-api",
+            "127.0.0.1:0",
+        ])
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .env("TWILIO_API_KEY_SID", "SK0")
+        .env_remove("TWILIO_API_KEY_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(half.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&half.stderr).contains("or neither"));
 }

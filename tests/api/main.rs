@@ -16,7 +16,6 @@ mod config_errors;
 mod disconnects;
 mod drain;
 mod fake_railway;
-mod fake_twilio;
 mod helpers;
 mod observability;
 mod webhook;

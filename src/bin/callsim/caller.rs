@@ -17,6 +17,7 @@ use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{sleep, sleep_until, Instant};
 
+use callvisor::fakes::twilio_rest::{AppAction, FakeTwilio};
 use callvisor::twilio::messages::{Mark, Media, ServerFrame};
 use callvisor::twilio::messages::{MediaFormat, Start, Stop, TwilioFrame};
 use callvisor::twilio::signature::sign;
@@ -26,7 +27,6 @@ use crate::audio::{Recording, SILENCE};
 use crate::chaos::{self, Kind, Plan};
 use crate::realtime_model::Stamps;
 use crate::report::{micros, CallRecord, Outcome, Stats};
-use crate::twilio_api::{AppAction, FakeApi};
 
 /// Twilio follows at most this many `<Redirect>`s in one call.
 pub const MAX_REDIRECTS: u32 = 10;
@@ -46,7 +46,7 @@ pub struct Ctx {
     /// Sockets that close with a reset (SO_LINGER 0), for `--chaos` callers that vanish.
     pub resetting_client: awc::Client,
     /// `--twilio-api`: what apps did to calls through the REST API stand-in.
-    pub api: Option<crate::twilio_api::Shared>,
+    pub api: Option<FakeTwilio>,
     pub webhook_url: String,
     pub auth_token: Option<String>,
     pub account_sid: String,
@@ -119,11 +119,11 @@ pub async fn run(ctx: &Ctx, call_sid: String, plan: Option<Plan>) -> CallRecord 
             .map(|_| Recording::new(Instant::now())),
     };
     if let Some(api) = &ctx.api {
-        FakeApi::call_started(api, &call.record.call_sid);
+        api.live_call(&call.record.call_sid);
     }
     let (outcome, reason) = run_twiml(ctx, &mut call).await;
     if let Some(api) = &ctx.api {
-        FakeApi::call_ended(api, &call.record.call_sid);
+        api.call_ended(&call.record.call_sid);
     }
     call.record.outcome = outcome;
     call.record.reason = reason;
@@ -140,8 +140,14 @@ async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>)
     let mut url = ctx.webhook_url.clone();
     let mut method = "POST".to_string();
     let mut ended_by_twiml = false;
+    // TwiML an app sent through the REST API (`Twiml=`): it runs instead of a fetched document.
+    let mut replaced: Option<Vec<Verb>> = None;
     'fetch: loop {
-        let verbs = match fetch_twiml(ctx, &url, &method, call).await {
+        let fetched = match replaced.take() {
+            Some(verbs) => Ok(verbs),
+            None => fetch_twiml(ctx, &url, &method, call).await,
+        };
+        let verbs = match fetched {
             Ok(verbs) => verbs,
             Err(reason) => return (Outcome::Failed, Some(reason)),
         };
@@ -159,6 +165,25 @@ async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>)
                         Ok(Some(LegEnd::App(AppAction::Transferred { to }))) => {
                             call.record.said = Some(format!("<Dial>{to}</Dial>"));
                             return (Outcome::Transferred, None);
+                        }
+                        // The app gave the call new instructions: Twilio ends the stream and
+                        // runs them, as callsim does (not a `<Redirect>`: not counted as one).
+                        Ok(Some(LegEnd::App(AppAction::Redirected {
+                            url: next,
+                            method: next_method,
+                        }))) => {
+                            url = next;
+                            method = next_method;
+                            continue 'fetch;
+                        }
+                        Ok(Some(LegEnd::App(AppAction::Replaced { twiml }))) => {
+                            match twiml::parse(&twiml) {
+                                Ok(verbs) => replaced = Some(verbs),
+                                Err(e) => {
+                                    return (Outcome::Failed, Some(format!("app's TwiML: {e}")))
+                                }
+                            }
+                            continue 'fetch;
                         }
                         Ok(Some(LegEnd::Closed(end) | LegEnd::Refused(end))) => {
                             if end == "1001 handoff" {
@@ -220,7 +245,7 @@ async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>)
 
 /// The form parameters Twilio sends with every voice webhook request.
 fn webhook_params(ctx: &Ctx, call: &CallState) -> Vec<(String, String)> {
-    let status = if call.record.redirects == 0 {
+    let status = if call.record.redirects == 0 && call.record.streams == 0 {
         "ringing"
     } else {
         "in-progress"
@@ -509,7 +534,7 @@ impl<'a> Leg<'a> {
     /// What the app did to this call through `--twilio-api`, if anything.
     fn app_action(&self) -> Option<AppAction> {
         let api = self.ctx.api.as_ref()?;
-        FakeApi::take_action(api, &self.call.record.call_sid)
+        api.take_action(&self.call.record.call_sid)
     }
 
     async fn send_stop(&mut self, ws: &mut Ws) -> Result<(), LegEnd> {

@@ -19,7 +19,6 @@ mod chaos;
 mod net;
 mod realtime_model;
 mod report;
-mod twilio_api;
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -27,6 +26,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use callvisor::fakes::twilio_rest::{BasicAuth, FakeTwilio};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::time::Instant;
@@ -82,8 +82,23 @@ struct Args {
     seed: Option<u64>,
     /// Serve a stand-in for Twilio's REST API here (e.g. 127.0.0.1:8081) and point the server's
     /// TWILIO_API_BASE_URL at it: calls an app hangs up or transfers end as such in the report.
+    /// It wants the server's REST credentials: the API key below, else the account's auth token
+    /// (--auth-token) with the account SID as user.
     #[arg(long, value_name = "ADDR")]
     twilio_api: Option<std::net::SocketAddr>,
+    /// The API key SID (SK…) the `--twilio-api` stand-in accepts, as the server's
+    /// TWILIO_API_KEY_SID.
+    #[arg(long, env = "TWILIO_API_KEY_SID", value_name = "SID")]
+    twilio_api_key_sid: Option<String>,
+    /// The API key secret the `--twilio-api` stand-in accepts, as the server's
+    /// TWILIO_API_KEY_SECRET.
+    #[arg(
+        long,
+        env = "TWILIO_API_KEY_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    twilio_api_key_secret: Option<String>,
     /// A voice caller: say this recording (WAV, 8 kHz mono, mu-law or 16-bit PCM) from each
     /// stream's start instead of silence; the report gives the time from its end to the first
     /// audio back, per call and as percentiles.
@@ -132,6 +147,33 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|_| bad())
 }
 
+/// The credentials the `--twilio-api` stand-in accepts: what the server authenticates with, by
+/// the server's own rule (an API key when both halves are set, else the account's auth token).
+fn rest_auth(args: &Args) -> Result<BasicAuth, String> {
+    match (
+        &args.twilio_api_key_sid,
+        &args.twilio_api_key_secret,
+        &args.auth_token,
+    ) {
+        (Some(sid), Some(secret), _) => Ok(BasicAuth::Pair {
+            user: sid.clone(),
+            password: secret.clone(),
+        }),
+        (Some(_), None, _) | (None, Some(_), _) => Err(
+            "give both --twilio-api-key-sid and --twilio-api-key-secret (TWILIO_API_KEY_SID, \
+             TWILIO_API_KEY_SECRET), or neither"
+                .into(),
+        ),
+        (None, None, Some(token)) => Ok(BasicAuth::AccountAuthToken(token.clone())),
+        (None, None, None) => Err(
+            "which credentials does the server use? Give its API key (--twilio-api-key-sid and \
+             --twilio-api-key-secret, or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET), or its \
+             auth token (--auth-token or TWILIO_AUTH_TOKEN)"
+                .into(),
+        ),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     actix_web::rt::System::new().block_on(run(args))
@@ -158,18 +200,29 @@ async fn run(args: Args) -> ExitCode {
     if args.chaos {
         eprintln!("callsim: chaos seed {seed} (replay with --chaos --seed {seed})");
     }
-    let api = match args.twilio_api.map(twilio_api::start) {
+    let api = match args.twilio_api {
         None => None,
-        Some(Ok(api)) => {
-            eprintln!(
-                "callsim: Twilio REST API stand-in on http://{} (the server's TWILIO_API_BASE_URL)",
-                args.twilio_api.unwrap()
-            );
-            Some(api)
-        }
-        Some(Err(e)) => {
-            eprintln!("callsim: cannot serve --twilio-api: {e}");
-            return ExitCode::from(2);
+        Some(addr) => {
+            let auth = match rest_auth(&args) {
+                Ok(auth) => auth,
+                Err(why) => {
+                    eprintln!("callsim: --twilio-api: {why}");
+                    return ExitCode::from(2);
+                }
+            };
+            match FakeTwilio::serve(addr, auth) {
+                Ok(api) => {
+                    eprintln!(
+                        "callsim: Twilio REST API stand-in on {} (the server's TWILIO_API_BASE_URL)",
+                        api.base
+                    );
+                    Some(api)
+                }
+                Err(e) => {
+                    eprintln!("callsim: cannot serve --twilio-api: {e}");
+                    return ExitCode::from(2);
+                }
+            }
         }
     };
     let say: Option<Rc<[u8]>> = match &args.say {

@@ -1,0 +1,486 @@
+//! A strict fake of Twilio's REST `UpdateCall`
+//! (`POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`), for the integration tests
+//! ([`FakeTwilio::start`]: a free port in the test's actix system) and callsim's `--twilio-api`
+//! stand-in ([`FakeTwilio::serve`]: a given address). It refuses what Twilio refuses, in this
+//! order, with Twilio's status and error code:
+//!
+//! | check | answer |
+//! |---|---|
+//! | HTTP Basic with the expected pair ([`BasicAuth`]) | 401, 20003 `Authenticate` |
+//! | (a failure the test asked for: [`FakeTwilio::fail_first`]) | 500, 20500 |
+//! | an `application/x-www-form-urlencoded` body | 400, 20001 |
+//! | exactly one of `Status`, `Twiml`, `Url`, each at most once | 400, 21200 (the Calls resource's code) |
+//! | `Status` is `completed` or `canceled`; `Method` is `GET` or `POST` | 400, 21200 |
+//! | `Url` is an absolute http(s) URL | 400, 21205 |
+//! | `Twiml` of at most 4,000 characters | 400, 32018 |
+//! | `Twiml` that Twilio's TwiML reference allows ([`strict_twiml`], an independent reader) | 400, 12100 `Document parse failure` |
+//! | the call is live (in progress or transferred) | 404, 20404 |
+//!
+//! What an accepted update does to the call (Twilio's rules, and where Twilio does not say, this
+//! fake's decision):
+//! - `Status=completed` hangs up: the call is over, later updates get 404.
+//! - `Status=canceled` has **no effect** on a call in progress (Twilio cancels only queued or
+//!   ringing calls, and every call this fake knows is in progress): 200, the call stays up, the
+//!   update is recorded with no effect.
+//! - `Url`: Twilio fetches the TwiML there and runs it; the fake records it, the call stays up,
+//!   and callsim is told to follow it ([`AppAction::Redirected`]).
+//! - `Twiml` replaces the running document; its verbs are read in order and the first one that
+//!   decides the call's fate decides it: `<Hangup>` or `<Reject>` hangs up (the `<Say>` text
+//!   before it is what the caller heard); `<Dial>` (or `<Refer>`) transfers the call, which stays
+//!   live (a dialled call is in progress until the parties hang up); a verb that hands the call
+//!   to something that goes on (`<Connect>`, `<Gather>`, `<Record>`, `<Redirect>`, `<Enqueue>`,
+//!   `<Pay>`, `<Echo>`) keeps it up under the new document ([`AppAction::Replaced`]); a document
+//!   that runs out without any of those (only `<Say>`, `<Play>`, `<Pause>`, `<Start>`, `<Stop>`,
+//!   `<Leave>`) hangs up, as Twilio does when a document ends.
+
+mod strict_twiml;
+
+pub use strict_twiml::{read as read_twiml, Node, Refusal, MAX_TWIML_CHARS};
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use base64::Engine;
+
+/// The HTTP Basic pair the fake accepts, as Twilio would for the account.
+#[derive(Clone, Debug)]
+pub enum BasicAuth {
+    /// A fixed `user:password`: an API key (`SK…` and its secret), or an account SID and its
+    /// auth token when the test knows the account.
+    Pair { user: String, password: String },
+    /// The account's auth token: the user is the `AccountSid` of the request's own path, as
+    /// Twilio requires when an account authenticates as itself.
+    AccountAuthToken(String),
+}
+
+impl BasicAuth {
+    fn accepts(&self, account_sid: &str, user: &str, password: &str) -> bool {
+        match self {
+            BasicAuth::Pair {
+                user: u,
+                password: p,
+            } => user == u && password == p,
+            BasicAuth::AccountAuthToken(token) => user == account_sid && password == token,
+        }
+    }
+}
+
+/// What an accepted update did to the call: what callsim plays out on its side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppAction {
+    /// `Status=completed`, or TwiML that ends the call; `said`: the `<Say>` text before the end.
+    HungUp { said: Option<String> },
+    /// `<Dial>` (or `<Refer>`): the caller is connected to `to` (the number, SIP URI, client,
+    /// conference or queue named).
+    Transferred { to: String },
+    /// `Url` (and `Method`, default `POST`): Twilio runs the TwiML found there.
+    Redirected { url: String, method: String },
+    /// TwiML that keeps the call going under new instructions (`<Connect>`, `<Gather>`, ...).
+    Replaced { twiml: String },
+}
+
+/// One accepted update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub account_sid: String,
+    pub call_sid: String,
+    /// The form as sent, in order.
+    pub form: Vec<(String, String)>,
+    /// What it did; `None`: nothing (`Status=canceled` on a call in progress).
+    pub effect: Option<AppAction>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Calls in progress (and transferred ones, which still are): the only ones an update may
+    /// change. Any other CallSid is answered 404, including a call this fake ended.
+    live: std::collections::HashSet<String>,
+    /// Per call: answers 500 this many times before behaving.
+    fail_first: HashMap<String, u32>,
+    /// Per call: waits this long before answering.
+    delay: HashMap<String, Duration>,
+    updates: Vec<Update>,
+    /// Per call: requests received, counted on arrival (before any delay), answered or not.
+    received: HashMap<String, usize>,
+    /// Every answered request: (call sid, status), in order.
+    answers: Vec<(String, u16)>,
+    /// Per call: the latest effect not yet taken by callsim.
+    pending: HashMap<String, AppAction>,
+}
+
+/// The fake; clones share it.
+#[derive(Clone)]
+pub struct FakeTwilio {
+    /// `http://ADDR`: what the server's `TWILIO_API_BASE_URL` points at.
+    pub base: String,
+    auth: Arc<BasicAuth>,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeTwilio {
+    /// Starts the fake on 127.0.0.1 and a free port in the current actix system; it accepts
+    /// `user`/`password` as Basic credentials. For tests: panics if it cannot bind.
+    pub fn start(user: &str, password: &str) -> FakeTwilio {
+        let auth = BasicAuth::Pair {
+            user: user.into(),
+            password: password.into(),
+        };
+        FakeTwilio::serve(SocketAddr::from(([127, 0, 0, 1], 0)), auth)
+            .expect("the fake Twilio API binds a free port")
+    }
+
+    /// Serves the fake on `addr` (port 0: a free one, see [`FakeTwilio::base`]) in the current
+    /// actix system, accepting `auth`.
+    pub fn serve(addr: SocketAddr, auth: BasicAuth) -> std::io::Result<FakeTwilio> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let fake = FakeTwilio {
+            base,
+            auth: Arc::new(auth),
+            state: Arc::default(),
+        };
+        let data = web::Data::new(fake.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route(
+                    "/2010-04-01/Accounts/{account}/Calls/{call}",
+                    web::post().to(update_call),
+                )
+                .default_service(web::to(|| async {
+                    twilio_error(404, 20404, "The requested resource was not found")
+                }))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        actix_web::rt::spawn(server);
+        Ok(fake)
+    }
+
+    /// A call Twilio knows as in progress (callsim: a call it placed).
+    pub fn live_call(&self, call_sid: &str) {
+        self.lock().live.insert(call_sid.into());
+    }
+
+    /// The caller hung up (callsim): the call is over, and whatever the app did to it and
+    /// callsim did not take is forgotten.
+    pub fn call_ended(&self, call_sid: &str) {
+        let mut state = self.lock();
+        state.live.remove(call_sid);
+        state.pending.remove(call_sid);
+    }
+
+    /// What the app last did to `call_sid`, once (callsim polls it).
+    pub fn take_action(&self, call_sid: &str) -> Option<AppAction> {
+        self.lock().pending.remove(call_sid)
+    }
+
+    /// The next `times` requests for `call_sid` (with the right credentials) get a 500.
+    pub fn fail_first(&self, call_sid: &str, times: u32) {
+        self.lock().fail_first.insert(call_sid.into(), times);
+    }
+
+    /// Every request for `call_sid` is answered `by` later.
+    pub fn delay(&self, call_sid: &str, by: Duration) {
+        self.lock().delay.insert(call_sid.into(), by);
+    }
+
+    /// The accepted updates, in order.
+    pub fn updates(&self) -> Vec<Update> {
+        self.lock().updates.clone()
+    }
+
+    /// How many requests for `call_sid` reached the fake, counted as they arrive: a request the
+    /// client gave up on while it was delayed counts too.
+    pub fn received(&self, call_sid: &str) -> usize {
+        self.lock().received.get(call_sid).copied().unwrap_or(0)
+    }
+
+    /// Status codes answered for `call_sid`, in order.
+    pub fn answers(&self, call_sid: &str) -> Vec<u16> {
+        self.lock()
+            .answers
+            .iter()
+            .filter(|(c, _)| c == call_sid)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    /// Whether the call is up: in progress or transferred, not hung up.
+    pub fn is_live(&self, call_sid: &str) -> bool {
+        self.lock().live.contains(call_sid)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panicking test thread must not hide the state from the others.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn twilio_error(status: u16, code: u32, message: &str) -> HttpResponse {
+    let status_code = actix_web::http::StatusCode::from_u16(status).expect("a valid status");
+    let mut response = HttpResponse::build(status_code);
+    if status == 401 {
+        response.insert_header(("WWW-Authenticate", "Basic realm=\"Twilio API\""));
+    }
+    response.json(serde_json::json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status,
+    }))
+}
+
+async fn update_call(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+    fake: web::Data<FakeTwilio>,
+) -> HttpResponse {
+    let (account_sid, call) = path.into_inner();
+    let Some(call_sid) = call.strip_suffix(".json").map(str::to_string) else {
+        return twilio_error(404, 20404, "The requested resource was not found");
+    };
+    let delay = {
+        let mut state = fake.lock();
+        *state.received.entry(call_sid.clone()).or_default() += 1;
+        state.delay.get(&call_sid).copied()
+    };
+    if let Some(delay) = delay {
+        actix_web::rt::time::sleep(delay).await;
+    }
+    let response = answer(&req, &account_sid, &call_sid, &body, &fake);
+    fake.lock()
+        .answers
+        .push((call_sid, response.status().as_u16()));
+    response
+}
+
+fn basic_credentials(req: &HttpRequest) -> Option<(String, String)> {
+    let encoded = req
+        .headers()
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (user, password) = raw.split_once(':')?;
+    Some((user.into(), password.into()))
+}
+
+fn answer(
+    req: &HttpRequest,
+    account_sid: &str,
+    call_sid: &str,
+    body: &[u8],
+    fake: &FakeTwilio,
+) -> HttpResponse {
+    let authenticated = basic_credentials(req)
+        .is_some_and(|(user, password)| fake.auth.accepts(account_sid, &user, &password));
+    if !authenticated {
+        return twilio_error(401, 20003, "Authenticate");
+    }
+    {
+        let mut state = fake.lock();
+        if let Some(left) = state.fail_first.get_mut(call_sid).filter(|n| **n > 0) {
+            *left -= 1;
+            return twilio_error(500, 20500, "Internal Server Error");
+        }
+    }
+    let form_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !form_type.starts_with("application/x-www-form-urlencoded") {
+        return twilio_error(
+            400,
+            20001,
+            "Content-Type must be application/x-www-form-urlencoded",
+        );
+    }
+    let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) else {
+        return twilio_error(400, 20001, "Unreadable form body");
+    };
+    let effect = match effect_of(&form) {
+        Ok(effect) => effect,
+        Err(Refused(status, code, message)) => return twilio_error(status, code, &message),
+    };
+    let mut state = fake.lock();
+    if !state.live.contains(call_sid) {
+        return twilio_error(404, 20404, "The requested resource was not found");
+    }
+    let status = match &effect {
+        Some(AppAction::HungUp { .. }) if has(&form, "Status") => "completed",
+        _ => "in-progress",
+    };
+    if let Some(action) = &effect {
+        if matches!(action, AppAction::HungUp { .. }) {
+            state.live.remove(call_sid);
+        }
+        state.pending.insert(call_sid.into(), action.clone());
+    }
+    state.updates.push(Update {
+        account_sid: account_sid.into(),
+        call_sid: call_sid.into(),
+        form,
+        effect,
+    });
+    HttpResponse::Ok().json(serde_json::json!({
+        "sid": call_sid,
+        "account_sid": account_sid,
+        "status": status,
+        "api_version": "2010-04-01",
+    }))
+}
+
+fn has(form: &[(String, String)], key: &str) -> bool {
+    form.iter().any(|(k, _)| k == key)
+}
+
+/// A refusal: HTTP status, Twilio's error code, message.
+struct Refused(u16, u32, String);
+
+fn refused(status: u16, code: u32, message: &str) -> Refused {
+    Refused(status, code, message.into())
+}
+
+/// What a form does to a call in progress, or Twilio's 400 for it.
+fn effect_of(form: &[(String, String)]) -> Result<Option<AppAction>, Refused> {
+    let given: Vec<&(String, String)> = form
+        .iter()
+        .filter(|(k, _)| matches!(k.as_str(), "Status" | "Twiml" | "Url"))
+        .collect();
+    let [(key, value)] = given.as_slice() else {
+        return Err(refused(
+            400,
+            21200,
+            "Exactly one of Status, Twiml or Url must be given",
+        ));
+    };
+    let method = form
+        .iter()
+        .find(|(k, _)| k == "Method")
+        .map(|(_, v)| v.to_ascii_uppercase());
+    if method.as_deref().is_some_and(|m| m != "GET" && m != "POST") {
+        return Err(refused(400, 21200, "Method must be GET or POST"));
+    }
+    match key.as_str() {
+        "Status" => match value.as_str() {
+            "completed" => Ok(Some(AppAction::HungUp { said: None })),
+            // Only queued or ringing calls can be canceled: no effect on one in progress.
+            "canceled" => Ok(None),
+            other => Err(refused(
+                400,
+                21200,
+                &format!("Status {other:?} is not completed or canceled"),
+            )),
+        },
+        "Url" => {
+            if !(value.starts_with("https://") || value.starts_with("http://"))
+                || value.contains(char::is_whitespace)
+            {
+                return Err(refused(400, 21205, "Url is not a valid absolute URL"));
+            }
+            Ok(Some(AppAction::Redirected {
+                url: value.clone(),
+                method: method.unwrap_or_else(|| "POST".into()),
+            }))
+        }
+        _ => match strict_twiml::read(value) {
+            Err(refusal) => Err(refused(400, refusal.code(), &refusal.to_string())),
+            Ok(verbs) => Ok(Some(twiml_effect(value, &verbs))),
+        },
+    }
+}
+
+/// What a new document does to the call: the first verb that decides its fate decides it (see
+/// the module's doc).
+fn twiml_effect(twiml: &str, verbs: &[Node]) -> AppAction {
+    let mut said: Vec<&str> = Vec::new();
+    let hung_up = |said: &[&str]| AppAction::HungUp {
+        said: (!said.is_empty()).then(|| said.join(" ")),
+    };
+    for verb in verbs {
+        match verb.name.as_str() {
+            "Say" if !verb.text.is_empty() => said.push(&verb.text),
+            "Hangup" | "Reject" => return hung_up(&said),
+            "Dial" | "Refer" => {
+                let to = if verb.text.is_empty() {
+                    verb.children
+                        .iter()
+                        .find_map(|noun| (!noun.text.is_empty()).then(|| noun.text.clone()))
+                } else {
+                    Some(verb.text.clone())
+                };
+                return AppAction::Transferred {
+                    to: to.unwrap_or_default(),
+                };
+            }
+            "Connect" | "Gather" | "Record" | "Redirect" | "Enqueue" | "Pay" | "Echo" => {
+                return AppAction::Replaced {
+                    twiml: twiml.into(),
+                }
+            }
+            _ => {}
+        }
+    }
+    hung_up(&said)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn effect(twiml: &str) -> AppAction {
+        twiml_effect(twiml, &read_twiml(twiml).unwrap())
+    }
+
+    #[test]
+    fn each_document_does_what_twilio_would_do_with_it() {
+        assert_eq!(
+            effect("<Response><Say>Bye &amp; thanks</Say><Hangup/></Response>"),
+            AppAction::HungUp {
+                said: Some("Bye & thanks".into())
+            }
+        );
+        assert_eq!(
+            effect("<Response><Dial>+14155550123</Dial></Response>"),
+            AppAction::Transferred {
+                to: "+14155550123".into()
+            }
+        );
+        assert_eq!(
+            effect("<Response><Dial><Sip>sip:a@b.example</Sip></Dial><Hangup/></Response>"),
+            AppAction::Transferred {
+                to: "sip:a@b.example".into()
+            }
+        );
+        // A document that runs out ends the call, as Twilio does.
+        assert_eq!(
+            effect("<Response><Say>one</Say><Pause/><Say>two</Say></Response>"),
+            AppAction::HungUp {
+                said: Some("one two".into())
+            }
+        );
+        assert_eq!(
+            effect("<Response><Reject/></Response>"),
+            AppAction::HungUp { said: None }
+        );
+        let gather = "<Response><Gather><Say>Press 1</Say></Gather><Hangup/></Response>";
+        assert_eq!(
+            effect(gather),
+            AppAction::Replaced {
+                twiml: gather.into()
+            }
+        );
+    }
+}
