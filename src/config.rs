@@ -627,8 +627,12 @@ mod tests {
         assert_eq!(c.outbound_buffer_bytes, 1024 * 1024);
     }
 
+    /// Every variable outside the agent's, each set to something other than its default, and
+    /// each found in the Config: a variable whose parsing is lost fails here. (The two Railway
+    /// fallbacks, which PUBLIC_URL and DRAIN_TIMEOUT_SECS override, have tests of their own.)
     #[test]
     fn reads_every_variable() {
+        use secrecy::ExposeSecret;
         let c = parse(&[
             ("PORT", "9000"),
             ("HOST", "127.0.0.1"),
@@ -638,19 +642,107 @@ mod tests {
             ("START_TIMEOUT_SECS", "3"),
             ("IDLE_TIMEOUT_SECS", "7"),
             ("BUSY_MESSAGE", "Busy."),
+            ("WORKERS", "3"),
             ("RAILWAY_REPLICA_ID", "r-1"),
+            ("DRAIN_TIMEOUT_SECS", "12"),
+            ("LOG_FORMAT", "json"),
+            ("TWILIO_AUTH_TOKEN", "tok"),
             ("OUTBOUND_BUFFER_KIB", "64"),
+            ("TWILIO_API_BASE_URL", "http://127.0.0.1:9/twilio/"),
+            ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+            ("TWILIO_API_KEY_SID", "SK0123456789abcdef0123456789abcdef"),
+            ("TWILIO_API_KEY_SECRET", "key-secret"),
+            ("HANDLER", "bridge"),
+            ("BRIDGE_URL", "ws://bot.test/stream"),
+            ("BRIDGE_CONNECT_TIMEOUT_SECS", "9"),
         ])
         .unwrap();
-        assert_eq!(c.outbound_buffer_bytes, 64 * 1024);
         assert_eq!(c.port, 9000);
+        assert_eq!(c.host.to_string(), "127.0.0.1");
         assert_eq!(c.limit_concurrency, 2500);
         assert_eq!(c.public_url.as_deref(), Some("https://calls.example.com"));
         assert_eq!(c.max_redirects, 5);
         assert_eq!(c.start_timeout, Duration::from_secs(3));
         assert_eq!(c.idle_timeout, Duration::from_secs(7));
         assert_eq!(c.busy_message, "Busy.");
+        assert_eq!(c.workers, Some(3));
         assert_eq!(c.replica, "r-1");
+        assert_eq!(c.drain_timeout, Duration::from_secs(12));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            c.twilio_auth_token.as_ref().map(|t| t.expose_secret()),
+            Some("tok")
+        );
+        assert_eq!(c.outbound_buffer_bytes, 64 * 1024);
+        assert_eq!(c.twilio_api_base_url, "http://127.0.0.1:9/twilio");
+        assert_eq!(
+            c.twilio_account_sid.as_deref(),
+            Some("AC0123456789abcdef0123456789abcdef")
+        );
+        let (key_sid, key_secret) = c.twilio_api_key.as_ref().expect("the API key pair");
+        assert_eq!(
+            (key_sid.as_str(), key_secret.expose_secret()),
+            ("SK0123456789abcdef0123456789abcdef", "key-secret")
+        );
+        assert_eq!(
+            c.handler,
+            HandlerKind::Bridge {
+                url: "ws://bot.test/stream".into(),
+                connect_timeout: Duration::from_secs(9),
+            }
+        );
+    }
+
+    /// The same for `HANDLER=openai`: every agent variable set to something other than its
+    /// default, and each found in the AgentConfig.
+    #[test]
+    fn reads_every_agent_variable() {
+        use secrecy::ExposeSecret;
+        let agent = |vars: &[(&str, &str)]| {
+            let mut all = vec![
+                ("HANDLER", "openai"),
+                ("OPENAI_API_KEY", "sk-test-key"),
+                ("TWILIO_AUTH_TOKEN", "tok"),
+            ];
+            all.extend_from_slice(vars);
+            match parse(&all).unwrap().handler {
+                HandlerKind::OpenAi(agent) => agent,
+                other => panic!("{other:?}"),
+            }
+        };
+        let a = agent(&[
+            ("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime"),
+            ("OPENAI_MODEL", "gpt-realtime-mini"),
+            ("AGENT_INSTRUCTIONS", "You answer for {{To}}."),
+            ("AGENT_VOICE", "marin"),
+            ("AGENT_GREETING", "Hello, Acme here."),
+            ("AGENT_TRANSFER_NUMBER", "+14155550123"),
+            ("AGENT_DTMF", "off"),
+        ]);
+        assert_eq!(a.api_key.expose_secret(), "sk-test-key");
+        assert_eq!(a.url, "ws://127.0.0.1:9/v1/realtime");
+        assert_eq!(a.model, "gpt-realtime-mini");
+        assert_eq!(a.instructions, "You answer for {{To}}.");
+        assert_eq!(a.voice, "marin");
+        assert_eq!(a.greeting.as_deref(), Some("Hello, Acme here."));
+        assert_eq!(a.transfer_number.as_deref(), Some("+14155550123"));
+        assert!(!a.dtmf_to_model);
+
+        // The prompt from a file, unless AGENT_INSTRUCTIONS is set too.
+        let path = std::env::temp_dir().join(format!(
+            "callvisor-config-test-{}-instructions.txt",
+            std::process::id()
+        ));
+        std::fs::write(&path, "You answer from a file.").unwrap();
+        let file = path.to_str().unwrap();
+        let from_file = agent(&[("AGENT_INSTRUCTIONS_FILE", file)]);
+        let both = agent(&[
+            ("AGENT_INSTRUCTIONS_FILE", file),
+            ("AGENT_INSTRUCTIONS", "You answer inline."),
+        ]);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(from_file.instructions, "You answer from a file.");
+        assert_eq!(both.instructions, "You answer inline.");
     }
 
     #[test]
@@ -780,12 +872,21 @@ mod tests {
         let HandlerKind::OpenAi(agent) = &c.handler else {
             panic!("{:?}", c.handler)
         };
+        use secrecy::ExposeSecret;
+        assert_eq!(agent.api_key.expose_secret(), "sk-s3cret");
+        assert_eq!(
+            c.twilio_auth_token.as_ref().map(|t| t.expose_secret()),
+            Some("tok")
+        );
+        assert_eq!(agent.transfer_number.as_deref(), Some("+14155550123"));
+        // What is not set takes its default.
         assert_eq!(agent.url, DEFAULT_OPENAI_REALTIME_URL);
         assert_eq!(
             (agent.model.as_str(), agent.voice.as_str()),
             ("gpt-realtime", "alloy")
         );
-        assert_eq!(agent.transfer_number.as_deref(), Some("+14155550123"));
+        assert_eq!(agent.instructions, DEFAULT_AGENT_INSTRUCTIONS);
+        assert_eq!(agent.greeting, None);
         assert!(
             agent.dtmf_to_model,
             "key presses reach the model by default"
@@ -800,6 +901,10 @@ mod tests {
             ("AGENT_TRANSFER_NUMBER", "555-1234"),
             ("OPENAI_REALTIME_URL", "https://x"),
             ("AGENT_DTMF", "sometimes"),
+            (
+                "AGENT_INSTRUCTIONS_FILE",
+                "/nonexistent/callvisor-instructions.txt",
+            ),
         ] {
             let err = parse(&[
                 ("HANDLER", "openai"),
@@ -808,7 +913,8 @@ mod tests {
                 creds,
             ])
             .unwrap_err();
-            assert_eq!(err.variable, var);
+            assert_eq!((err.variable, err.value.as_str()), (var, value));
+            assert!(err.to_string().contains(var), "{err}");
         }
     }
 
