@@ -55,7 +55,8 @@ pub const ENV_OPENAI_API_KEY: &str = "OPENAI_API_KEY";
 pub const ENV_OPENAI_REALTIME_URL: &str = "OPENAI_REALTIME_URL";
 pub const DEFAULT_OPENAI_REALTIME_URL: &str = "wss://api.openai.com/v1/realtime";
 pub const ENV_OPENAI_MODEL: &str = "OPENAI_MODEL";
-pub const DEFAULT_OPENAI_MODEL: &str = "gpt-realtime";
+/// `gpt-realtime` shuts down on 2027-01-20 (OpenAI's deprecations page); this is its replacement.
+pub const DEFAULT_OPENAI_MODEL: &str = "gpt-realtime-2.1";
 pub const ENV_AGENT_INSTRUCTIONS: &str = "AGENT_INSTRUCTIONS";
 pub const ENV_AGENT_INSTRUCTIONS_FILE: &str = "AGENT_INSTRUCTIONS_FILE";
 pub const DEFAULT_AGENT_INSTRUCTIONS: &str = "You are a friendly, concise phone assistant. \
@@ -66,6 +67,10 @@ pub const DEFAULT_AGENT_VOICE: &str = "alloy";
 pub const ENV_AGENT_GREETING: &str = "AGENT_GREETING";
 pub const ENV_AGENT_TRANSFER_NUMBER: &str = "AGENT_TRANSFER_NUMBER";
 pub const ENV_AGENT_DTMF: &str = "AGENT_DTMF";
+pub const ENV_AGENT_CONNECT_TIMEOUT_SECS: &str = "AGENT_CONNECT_TIMEOUT_SECS";
+/// The real API's handshake takes 300-1,000 ms; past 5 s the caller has waited in silence long
+/// enough, and the call fails over to another replica.
+pub const DEFAULT_AGENT_CONNECT_TIMEOUT_SECS: u64 = 5;
 
 /// `HANDLER=openai`: the voice agent's settings.
 #[derive(Clone, Debug)]
@@ -84,6 +89,9 @@ pub struct AgentConfig {
     pub transfer_number: Option<String>,
     /// `AGENT_DTMF` (default on): key presses reach the model as "The caller pressed 5".
     pub dtmf_to_model: bool,
+    /// `AGENT_CONNECT_TIMEOUT_SECS`: how long the model's handshake may take before the call is
+    /// given up to another replica.
+    pub connect_timeout: Duration,
 }
 
 /// The app every call runs (`HANDLER`).
@@ -533,6 +541,19 @@ fn agent_config(get: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, Con
         }
         None => None,
     };
+    let connect_timeout = Duration::from_secs(match get(ENV_AGENT_CONNECT_TIMEOUT_SECS) {
+        None => DEFAULT_AGENT_CONNECT_TIMEOUT_SECS,
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if (1..=60).contains(&secs) => secs,
+            _ => {
+                return Err(ConfigError {
+                    variable: ENV_AGENT_CONNECT_TIMEOUT_SECS,
+                    value: v,
+                    expected: "a whole number of seconds from 1 to 60",
+                })
+            }
+        },
+    });
     Ok(AgentConfig {
         api_key,
         url,
@@ -557,6 +578,7 @@ fn agent_config(get: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, Con
                 })
             }
         },
+        connect_timeout,
     })
 }
 
@@ -718,6 +740,7 @@ mod tests {
             ("AGENT_GREETING", "Hello, Acme here."),
             ("AGENT_TRANSFER_NUMBER", "+14155550123"),
             ("AGENT_DTMF", "off"),
+            ("AGENT_CONNECT_TIMEOUT_SECS", "17"),
         ]);
         assert_eq!(a.api_key.expose_secret(), "sk-test-key");
         assert_eq!(a.url, "ws://127.0.0.1:9/v1/realtime");
@@ -727,6 +750,7 @@ mod tests {
         assert_eq!(a.greeting.as_deref(), Some("Hello, Acme here."));
         assert_eq!(a.transfer_number.as_deref(), Some("+14155550123"));
         assert!(!a.dtmf_to_model);
+        assert_eq!(a.connect_timeout, Duration::from_secs(17));
 
         // The prompt from a file, unless AGENT_INSTRUCTIONS is set too.
         let path = std::env::temp_dir().join(format!(
@@ -883,7 +907,7 @@ mod tests {
         assert_eq!(agent.url, DEFAULT_OPENAI_REALTIME_URL);
         assert_eq!(
             (agent.model.as_str(), agent.voice.as_str()),
-            ("gpt-realtime", "alloy")
+            ("gpt-realtime-2.1", "alloy")
         );
         assert_eq!(agent.instructions, DEFAULT_AGENT_INSTRUCTIONS);
         assert_eq!(agent.greeting, None);
@@ -891,10 +915,13 @@ mod tests {
             agent.dtmf_to_model,
             "key presses reach the model by default"
         );
+        assert_eq!(agent.connect_timeout, Duration::from_secs(5));
         let shown = format!("{c} {c:?}");
         assert!(!shown.contains("sk-s3cret"), "{shown}");
         assert!(
-            shown.contains("handler=openai(wss://api.openai.com model=gpt-realtime voice=alloy)"),
+            shown.contains(
+                "handler=openai(wss://api.openai.com model=gpt-realtime-2.1 voice=alloy)"
+            ),
             "{shown}"
         );
         for (var, value) in [
@@ -905,6 +932,10 @@ mod tests {
                 "AGENT_INSTRUCTIONS_FILE",
                 "/nonexistent/callvisor-instructions.txt",
             ),
+            ("AGENT_CONNECT_TIMEOUT_SECS", "0"),
+            ("AGENT_CONNECT_TIMEOUT_SECS", "61"),
+            ("AGENT_CONNECT_TIMEOUT_SECS", "2.5"),
+            ("AGENT_CONNECT_TIMEOUT_SECS", "soon"),
         ] {
             let err = parse(&[
                 ("HANDLER", "openai"),
