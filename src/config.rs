@@ -162,7 +162,8 @@ pub struct Config {
     pub start_timeout: Duration,
     pub idle_timeout: Duration,
     pub busy_message: String,
-    /// HTTP worker threads; `None` lets actix use one per physical core.
+    /// HTTP worker threads; `None` lets actix use one per logical CPU this process may use
+    /// (`std::thread::available_parallelism`: CPU affinity and cgroup quota included).
     pub workers: Option<usize>,
     /// After SIGTERM, how long live calls may go on before they are handed off.
     pub drain_timeout: Duration,
