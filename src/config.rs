@@ -173,7 +173,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The Twilio account's auth token; when set, every Twilio request must be signed with it.
     pub twilio_auth_token: Option<SecretString>,
-    /// Bytes of frames one call may have queued for its socket before it is closed 1008.
+    /// Bytes of frames one call may have queued for its socket before it is closed 1008; also the
+    /// cap of its app's upstream queue, where frames past it are dropped.
     pub outbound_buffer_bytes: usize,
     /// Twilio's REST API (call control); tests point it at a fake.
     pub twilio_api_base_url: String,
