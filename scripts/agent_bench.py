@@ -132,14 +132,23 @@ def main():
         print(f"  send lag          {pct(s.get('send_lag_ms'))}")
 
     m2c = agent.get("model_to_caller_ms") or {}
-    replies = sum(len(r.get("reply_ms", [])) for r in agent["call_records"])
+    # Per caller, not a total: one chatty call's replies must not cover for a caller never answered.
+    # A record's reply_ms holds one entry per utterance that got audio back (absent when none did);
+    # a caller without a record (a run cut short) was not answered either.
+    records = agent["call_records"]
+    unanswered = [r["call_sid"] for r in records if not r.get("reply_ms")]
+    answered = len(records) - len(unanswered)
+    answered_detail = f"{answered} of {args.calls} callers got a reply"
+    if unanswered:
+        answered_detail += f"; none for {', '.join(unanswered[:3])}" + (" …" if len(unanswered) > 3 else "")
+    if len(records) < args.calls:
+        answered_detail += f"; {args.calls - len(records)} callers have no record"
     checks = [
         ("every echo call connected", echo["connected"] == args.calls and echo["failed"] == 0,
          f"{echo['connected']} of {args.calls}"),
         ("every agent call connected", agent["connected"] == args.calls and agent["failed"] == 0,
          f"{agent['connected']} of {args.calls}, failed: {agent['failed_by_reason']}"),
-        ("every caller was answered", replies >= args.calls,
-         f"{replies} replies timed for {args.calls} calls"),
+        ("every caller was answered", answered == args.calls, answered_detail),
         ("no panic or ERROR line", not (echo["_server"]["bad_lines"] or agent["_server"]["bad_lines"]),
          "; ".join((echo["_server"]["bad_lines"] + agent["_server"]["bad_lines"])[:3]) or "none"),
     ]

@@ -9,9 +9,12 @@ garbage, binary and oversized frames, streams that never send `start`. The seed 
 `--seed` replays the same mix.
 
 Checks after phase 1: every call went as the protocol promises (callsim judges each), no frame
-lost by a caller that streams audio, `active_calls` back to 0 and admitted = completed (no slot
-leaked), no capacity refusal, RSS back within 16 MiB of where it started, and no panic or ERROR
-line in the server log.
+lost by a caller that streams audio, every reset caller's call ended on the server as a dropped
+connection (callsim cannot see that: after its reset it is gone; the server's end-of-call line for
+that CallSid must say `client_gone`, and `callvisor_calls_ended_total{reason="client_gone"}` must
+equal the reset callers), `active_calls` back to 0 and admitted = completed (no slot leaked), no
+capacity refusal, RSS back within 16 MiB of where it started, and no panic or ERROR line in the
+server log.
 
 Phase 2: 200 normal calls go live, then SIGTERM. Checks: every live call is handed off (closed
 1001 `handoff`: Twilio would run its <Redirect>), the server exits 0 within its drain timeout plus
@@ -23,6 +26,7 @@ Prints a line per check and exits with the number that failed.
 import argparse
 import json
 import random
+import re
 import signal
 import sys
 import threading
@@ -34,6 +38,27 @@ RATE = 20  # calls placed per second
 CALL_SECS = 20
 DRAIN_CALLS = 200
 DRAIN_TIMEOUT_SECS = 3
+# The session's end-of-call line (text log format): its reason and the call it names.
+CALL_ENDED = re.compile(r"call ended: reason=(\S+) .* call_sid=(\S+) stream_sid=")
+
+
+def reset_calls_ended(records, log, client_gone):
+    """Judges the reset callers, whom callsim cannot follow past their reset: the server must
+    have ended each one's call as a dropped connection (`client_gone`: its end-of-call line
+    names the CallSid), and ended no other call that way. Returns (ok, detail)."""
+    ends = {}
+    for line in log:
+        m = CALL_ENDED.search(line)
+        if m:
+            ends.setdefault(m.group(2), []).append(m.group(1))
+    resets = [r["call_sid"] for r in records if r.get("chaos") == "reset"]
+    wrong = {sid: ends.get(sid, []) for sid in resets if ends.get(sid) != ["client_gone"]}
+    ok = bool(resets) and not wrong and client_gone == len(resets)
+    detail = (f"{len(resets) - len(wrong)} of {len(resets)} reset calls ended client_gone; "
+              f"client_gone counted {client_gone:.0f}")
+    if wrong:
+        detail += "; " + ", ".join(f"{sid}: {e or 'no end line'}" for sid, e in list(wrong.items())[:3])
+    return ok, detail
 
 
 class Sampler(threading.Thread):
@@ -95,6 +120,8 @@ def main():
     sampler.running = False
     h = health(server.port)
     refused = metric(server.port, "callvisor_calls_rejected_total", 'reason="capacity"')
+    client_gone = metric(server.port, "callvisor_calls_ended_total", 'reason="client_gone"')
+    resets_ok, resets_detail = reset_calls_ended(s["call_records"], list(server.log), client_gone)
 
     chaos = s.get("chaos", {})
     audio = {k: t for k, t in chaos.items() if k in ("normal", "slow_reader", "duplicate")}
@@ -120,6 +147,7 @@ def main():
         ("no frame lost by a caller that streams audio",
          sum(t["frames_lost"] for t in audio.values()) == 0,
          ", ".join(f"{k} {t['frames_lost']} of {t['frames_sent']}" for k, t in audio.items())),
+        ("every reset caller's call ended on the server (client_gone)", resets_ok, resets_detail),
         ("active_calls back to 0, admitted = completed", settled is not None
          and h["active_calls"] == 0 and h["calls_admitted"] == h["calls_completed"],
          f"active {h['active_calls']}, admitted {h['calls_admitted']}, completed {h['calls_completed']}"),

@@ -55,6 +55,7 @@ pub const ENV_OPENAI_API_KEY: &str = "OPENAI_API_KEY";
 pub const ENV_OPENAI_REALTIME_URL: &str = "OPENAI_REALTIME_URL";
 pub const DEFAULT_OPENAI_REALTIME_URL: &str = "wss://api.openai.com/v1/realtime";
 pub const ENV_OPENAI_MODEL: &str = "OPENAI_MODEL";
+/// `gpt-realtime` shuts down on 2027-01-20 (OpenAI's deprecations page); this is its replacement.
 pub const DEFAULT_OPENAI_MODEL: &str = "gpt-realtime-2.1";
 pub const ENV_AGENT_INSTRUCTIONS: &str = "AGENT_INSTRUCTIONS";
 pub const ENV_AGENT_INSTRUCTIONS_FILE: &str = "AGENT_INSTRUCTIONS_FILE";
@@ -66,6 +67,10 @@ pub const DEFAULT_AGENT_VOICE: &str = "alloy";
 pub const ENV_AGENT_GREETING: &str = "AGENT_GREETING";
 pub const ENV_AGENT_TRANSFER_NUMBER: &str = "AGENT_TRANSFER_NUMBER";
 pub const ENV_AGENT_DTMF: &str = "AGENT_DTMF";
+pub const ENV_AGENT_CONNECT_TIMEOUT_SECS: &str = "AGENT_CONNECT_TIMEOUT_SECS";
+/// The real API's handshake takes 300-1,000 ms; past 5 s the caller has waited in silence long
+/// enough, and the call fails over to another replica.
+pub const DEFAULT_AGENT_CONNECT_TIMEOUT_SECS: u64 = 5;
 
 /// `HANDLER=openai`: the voice agent's settings.
 #[derive(Clone, Debug)]
@@ -84,6 +89,9 @@ pub struct AgentConfig {
     pub transfer_number: Option<String>,
     /// `AGENT_DTMF` (default on): key presses reach the model as "The caller pressed 5".
     pub dtmf_to_model: bool,
+    /// `AGENT_CONNECT_TIMEOUT_SECS`: how long the model's handshake may take before the call is
+    /// given up to another replica.
+    pub connect_timeout: Duration,
 }
 
 /// The app every call runs (`HANDLER`).
@@ -154,7 +162,8 @@ pub struct Config {
     pub start_timeout: Duration,
     pub idle_timeout: Duration,
     pub busy_message: String,
-    /// HTTP worker threads; `None` lets actix use one per physical core.
+    /// HTTP worker threads; `None` lets actix use one per logical CPU this process may use
+    /// (`std::thread::available_parallelism`: CPU affinity and cgroup quota included).
     pub workers: Option<usize>,
     /// After SIGTERM, how long live calls may go on before they are handed off.
     pub drain_timeout: Duration,
@@ -164,7 +173,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The Twilio account's auth token; when set, every Twilio request must be signed with it.
     pub twilio_auth_token: Option<SecretString>,
-    /// Bytes of frames one call may have queued for its socket before it is closed 1008.
+    /// Bytes of frames one call may have queued for its socket before it is closed 1008; also the
+    /// cap of its app's upstream queue, where frames past it are dropped.
     pub outbound_buffer_bytes: usize,
     /// Twilio's REST API (call control); tests point it at a fake.
     pub twilio_api_base_url: String,
@@ -533,6 +543,19 @@ fn agent_config(get: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, Con
         }
         None => None,
     };
+    let connect_timeout = Duration::from_secs(match get(ENV_AGENT_CONNECT_TIMEOUT_SECS) {
+        None => DEFAULT_AGENT_CONNECT_TIMEOUT_SECS,
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if (1..=60).contains(&secs) => secs,
+            _ => {
+                return Err(ConfigError {
+                    variable: ENV_AGENT_CONNECT_TIMEOUT_SECS,
+                    value: v,
+                    expected: "a whole number of seconds from 1 to 60",
+                })
+            }
+        },
+    });
     Ok(AgentConfig {
         api_key,
         url,
@@ -557,6 +580,7 @@ fn agent_config(get: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, Con
                 })
             }
         },
+        connect_timeout,
     })
 }
 
@@ -627,8 +651,12 @@ mod tests {
         assert_eq!(c.outbound_buffer_bytes, 1024 * 1024);
     }
 
+    /// Every variable outside the agent's, each set to something other than its default, and
+    /// each found in the Config: a variable whose parsing is lost fails here. (The two Railway
+    /// fallbacks, which PUBLIC_URL and DRAIN_TIMEOUT_SECS override, have tests of their own.)
     #[test]
     fn reads_every_variable() {
+        use secrecy::ExposeSecret;
         let c = parse(&[
             ("PORT", "9000"),
             ("HOST", "127.0.0.1"),
@@ -638,19 +666,109 @@ mod tests {
             ("START_TIMEOUT_SECS", "3"),
             ("IDLE_TIMEOUT_SECS", "7"),
             ("BUSY_MESSAGE", "Busy."),
+            ("WORKERS", "3"),
             ("RAILWAY_REPLICA_ID", "r-1"),
+            ("DRAIN_TIMEOUT_SECS", "12"),
+            ("LOG_FORMAT", "json"),
+            ("TWILIO_AUTH_TOKEN", "tok"),
             ("OUTBOUND_BUFFER_KIB", "64"),
+            ("TWILIO_API_BASE_URL", "http://127.0.0.1:9/twilio/"),
+            ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+            ("TWILIO_API_KEY_SID", "SK0123456789abcdef0123456789abcdef"),
+            ("TWILIO_API_KEY_SECRET", "key-secret"),
+            ("HANDLER", "bridge"),
+            ("BRIDGE_URL", "ws://bot.test/stream"),
+            ("BRIDGE_CONNECT_TIMEOUT_SECS", "9"),
         ])
         .unwrap();
-        assert_eq!(c.outbound_buffer_bytes, 64 * 1024);
         assert_eq!(c.port, 9000);
+        assert_eq!(c.host.to_string(), "127.0.0.1");
         assert_eq!(c.limit_concurrency, 2500);
         assert_eq!(c.public_url.as_deref(), Some("https://calls.example.com"));
         assert_eq!(c.max_redirects, 5);
         assert_eq!(c.start_timeout, Duration::from_secs(3));
         assert_eq!(c.idle_timeout, Duration::from_secs(7));
         assert_eq!(c.busy_message, "Busy.");
+        assert_eq!(c.workers, Some(3));
         assert_eq!(c.replica, "r-1");
+        assert_eq!(c.drain_timeout, Duration::from_secs(12));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            c.twilio_auth_token.as_ref().map(|t| t.expose_secret()),
+            Some("tok")
+        );
+        assert_eq!(c.outbound_buffer_bytes, 64 * 1024);
+        assert_eq!(c.twilio_api_base_url, "http://127.0.0.1:9/twilio");
+        assert_eq!(
+            c.twilio_account_sid.as_deref(),
+            Some("AC0123456789abcdef0123456789abcdef")
+        );
+        let (key_sid, key_secret) = c.twilio_api_key.as_ref().expect("the API key pair");
+        assert_eq!(
+            (key_sid.as_str(), key_secret.expose_secret()),
+            ("SK0123456789abcdef0123456789abcdef", "key-secret")
+        );
+        assert_eq!(
+            c.handler,
+            HandlerKind::Bridge {
+                url: "ws://bot.test/stream".into(),
+                connect_timeout: Duration::from_secs(9),
+            }
+        );
+    }
+
+    /// The same for `HANDLER=openai`: every agent variable set to something other than its
+    /// default, and each found in the AgentConfig.
+    #[test]
+    fn reads_every_agent_variable() {
+        use secrecy::ExposeSecret;
+        let agent = |vars: &[(&str, &str)]| {
+            let mut all = vec![
+                ("HANDLER", "openai"),
+                ("OPENAI_API_KEY", "sk-test-key"),
+                ("TWILIO_AUTH_TOKEN", "tok"),
+            ];
+            all.extend_from_slice(vars);
+            match parse(&all).unwrap().handler {
+                HandlerKind::OpenAi(agent) => agent,
+                other => panic!("{other:?}"),
+            }
+        };
+        let a = agent(&[
+            ("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime"),
+            ("OPENAI_MODEL", "gpt-realtime-mini"),
+            ("AGENT_INSTRUCTIONS", "You answer for {{To}}."),
+            ("AGENT_VOICE", "marin"),
+            ("AGENT_GREETING", "Hello, Acme here."),
+            ("AGENT_TRANSFER_NUMBER", "+14155550123"),
+            ("AGENT_DTMF", "off"),
+            ("AGENT_CONNECT_TIMEOUT_SECS", "17"),
+        ]);
+        assert_eq!(a.api_key.expose_secret(), "sk-test-key");
+        assert_eq!(a.url, "ws://127.0.0.1:9/v1/realtime");
+        assert_eq!(a.model, "gpt-realtime-mini");
+        assert_eq!(a.instructions, "You answer for {{To}}.");
+        assert_eq!(a.voice, "marin");
+        assert_eq!(a.greeting.as_deref(), Some("Hello, Acme here."));
+        assert_eq!(a.transfer_number.as_deref(), Some("+14155550123"));
+        assert!(!a.dtmf_to_model);
+        assert_eq!(a.connect_timeout, Duration::from_secs(17));
+
+        // The prompt from a file, unless AGENT_INSTRUCTIONS is set too.
+        let path = std::env::temp_dir().join(format!(
+            "callvisor-config-test-{}-instructions.txt",
+            std::process::id()
+        ));
+        std::fs::write(&path, "You answer from a file.").unwrap();
+        let file = path.to_str().unwrap();
+        let from_file = agent(&[("AGENT_INSTRUCTIONS_FILE", file)]);
+        let both = agent(&[
+            ("AGENT_INSTRUCTIONS_FILE", file),
+            ("AGENT_INSTRUCTIONS", "You answer inline."),
+        ]);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(from_file.instructions, "You answer from a file.");
+        assert_eq!(both.instructions, "You answer inline.");
     }
 
     #[test]
@@ -780,26 +898,46 @@ mod tests {
         let HandlerKind::OpenAi(agent) = &c.handler else {
             panic!("{:?}", c.handler)
         };
+        use secrecy::ExposeSecret;
+        assert_eq!(agent.api_key.expose_secret(), "sk-s3cret");
+        assert_eq!(
+            c.twilio_auth_token.as_ref().map(|t| t.expose_secret()),
+            Some("tok")
+        );
+        assert_eq!(agent.transfer_number.as_deref(), Some("+14155550123"));
+        // What is not set takes its default.
         assert_eq!(agent.url, DEFAULT_OPENAI_REALTIME_URL);
         assert_eq!(
             (agent.model.as_str(), agent.voice.as_str()),
-            ("gpt-realtime", "alloy")
+            ("gpt-realtime-2.1", "alloy")
         );
-        assert_eq!(agent.transfer_number.as_deref(), Some("+14155550123"));
+        assert_eq!(agent.instructions, DEFAULT_AGENT_INSTRUCTIONS);
+        assert_eq!(agent.greeting, None);
         assert!(
             agent.dtmf_to_model,
             "key presses reach the model by default"
         );
+        assert_eq!(agent.connect_timeout, Duration::from_secs(5));
         let shown = format!("{c} {c:?}");
         assert!(!shown.contains("sk-s3cret"), "{shown}");
         assert!(
-            shown.contains("handler=openai(wss://api.openai.com model=gpt-realtime voice=alloy)"),
+            shown.contains(
+                "handler=openai(wss://api.openai.com model=gpt-realtime-2.1 voice=alloy)"
+            ),
             "{shown}"
         );
         for (var, value) in [
             ("AGENT_TRANSFER_NUMBER", "555-1234"),
             ("OPENAI_REALTIME_URL", "https://x"),
             ("AGENT_DTMF", "sometimes"),
+            (
+                "AGENT_INSTRUCTIONS_FILE",
+                "/nonexistent/callvisor-instructions.txt",
+            ),
+            ("AGENT_CONNECT_TIMEOUT_SECS", "0"),
+            ("AGENT_CONNECT_TIMEOUT_SECS", "61"),
+            ("AGENT_CONNECT_TIMEOUT_SECS", "2.5"),
+            ("AGENT_CONNECT_TIMEOUT_SECS", "soon"),
         ] {
             let err = parse(&[
                 ("HANDLER", "openai"),
@@ -808,7 +946,8 @@ mod tests {
                 creds,
             ])
             .unwrap_err();
-            assert_eq!(err.variable, var);
+            assert_eq!((err.variable, err.value.as_str()), (var, value));
+            assert!(err.to_string().contains(var), "{err}");
         }
     }
 

@@ -47,12 +47,18 @@ pub fn agent_config(url: &str) -> callvisor::config::AgentConfig {
     callvisor::config::AgentConfig {
         api_key: "sk-test".to_string().into(),
         url: url.to_string(),
+        // Not the default (gpt-realtime-2.1): a test that reads `?model=` proves the configured
+        // model is what is sent.
         model: "gpt-realtime".into(),
         instructions: "You help {{From}}.".into(),
         voice: "alloy".into(),
         greeting: None,
         transfer_number: None,
         dtmf_to_model: true,
+        // Production's: a test of a slow handshake sets its own.
+        connect_timeout: std::time::Duration::from_secs(
+            callvisor::config::DEFAULT_AGENT_CONNECT_TIMEOUT_SECS,
+        ),
     }
 }
 

@@ -4,8 +4,11 @@
 //!
 //! Callers of the audio kinds (`normal`, `slow_reader`, `duplicate`) are judged as any call:
 //! they must connect and get every frame back. The others go through the webhook as Twilio does,
-//! then misbehave on the stream and must get the close code the protocol promises (or, for a
-//! reset, nothing at all: they are gone).
+//! then misbehave on the stream and must get the close code the protocol promises. A reset caller
+//! hears nothing after its reset (it is gone): callsim checks that the server had taken its call
+//! (one frame echoed) before the reset, and the server's side is judged from outside, by
+//! `scripts/soak.py`: that call's end-of-call line must say `client_gone` (the call ended and its
+//! slot was freed).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,7 +35,8 @@ pub enum Kind {
     /// A stream that is replaced by a second stream of the same CallSid (a network handover):
     /// the first must be closed `1000 superseded`, the second carries the call.
     Duplicate,
-    /// A stream that starts, sends audio, then resets its TCP connection in the middle of a frame.
+    /// A stream that starts, sends audio until the server echoes its first frame (the call is
+    /// bound to its CallSid), then resets its TCP connection in the middle of a frame.
     Reset,
     /// Invalid JSON after `start`: 1007.
     Garbage,
@@ -183,7 +187,12 @@ pub async fn misbehave(
         }
         Kind::Reset => {
             start(&mut ws, ctx, call_sid, &stream_sid, target).await?;
-            for n in 1..=plan.frames_before_reset {
+            send(&mut ws, Message::Text(media(&stream_sid, 1).into())).await?;
+            // Once a frame is echoed the server has handled `start`: its end of this call is
+            // logged under this CallSid, which is how the soak finds it. A reset that arrives
+            // with `start` still unread ends a stream the server never tied to a call.
+            first_echo(&mut ws, "reset").await?;
+            for n in 2..=plan.frames_before_reset {
                 send(&mut ws, Message::Text(media(&stream_sid, n).into())).await?;
             }
             // Half of the next frame, written under the codec, then a reset (SO_LINGER 0 on
@@ -226,11 +235,18 @@ pub async fn first_of_duplicate(
     let mut ws = open(ctx, &ctx.client, target).await?;
     start(&mut ws, ctx, call_sid, &stream_sid, target).await?;
     send(&mut ws, Message::Text(media(&stream_sid, 1).into())).await?;
+    first_echo(&mut ws, "duplicate").await?;
+    Ok(ws)
+}
+
+/// Waits for the server's first text frame on a stream that has sent `start` and a media frame:
+/// the echo that says the server holds the call.
+async fn first_echo(ws: &mut Ws, kind: &str) -> Result<(), String> {
     loop {
         match timeout(ANSWER_WITHIN, ws.next()).await {
-            Ok(Some(Ok(Frame::Text(_)))) => return Ok(ws),
+            Ok(Some(Ok(Frame::Text(_)))) => return Ok(()),
             Ok(Some(Ok(Frame::Ping(_) | Frame::Pong(_)))) => continue,
-            other => return Err(format!("duplicate: no echo on the first stream: {other:?}")),
+            other => return Err(format!("{kind}: no echo of the first frame: {other:?}")),
         }
     }
 }

@@ -34,7 +34,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -463,7 +463,7 @@ impl CallHandler for OpenAiAgent {
                 "Authorization".into(),
                 format!("Bearer {}", self.config.api_key.expose_secret()),
             )],
-            timeout: DEFAULT_CONNECT_TIMEOUT, // MERGE: self.config.connect_timeout
+            timeout: self.config.connect_timeout,
         });
         Ok(())
     }
@@ -574,6 +574,3 @@ impl CallHandler for OpenAiAgent {
         // The session closes the model's socket now (1000): no orphan session billing tokens.
     }
 }
-
-/// How long the model's handshake may take by default (`AGENT_CONNECT_TIMEOUT_SECS`).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
