@@ -23,6 +23,8 @@
 //! - [`twilio`]: the wire formats (stream messages, TwiML, signatures) and REST call control.
 //! - [`drain`]: SIGTERM handling: drain, hand-off, exit.
 //! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
+//! - [`webhooks`]: Standard Webhooks signatures on the requests callvisor sends to the business
+//!   (per-call configuration, tools, call records).
 //! - [`autoscale`]: the replica controller for Railway (`callvisor autoscale`).
 //! - `fakes` (feature `callsim`): strict fakes of the outside services, shared by the tests
 //!   and callsim's stand-ins.
@@ -38,3 +40,4 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod twilio;
+pub mod webhooks;
