@@ -19,5 +19,7 @@ mod fake_openai;
 mod fake_railway;
 mod fake_twilio;
 mod helpers;
+#[cfg(target_os = "linux")]
+mod nodelay;
 mod observability;
 mod webhook;
