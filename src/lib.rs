@@ -22,6 +22,7 @@
 //! - [`call::handler`]: the app contract; [`call::handlers`]: echo, bridge, openai.
 //! - [`twilio`]: the wire formats (stream messages, TwiML, signatures) and REST call control.
 //! - [`drain`]: SIGTERM handling: drain, hand-off, exit.
+//! - [`client`]: the HTTP/WebSocket client of every connection callvisor opens (TCP_NODELAY).
 //! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
 //! - [`webhooks`]: Standard Webhooks signatures on the requests callvisor sends to the business
 //!   (per-call configuration, tools, call records).
@@ -32,6 +33,7 @@
 pub mod app;
 pub mod autoscale;
 pub mod call;
+pub mod client;
 pub mod config;
 pub mod drain;
 #[cfg(feature = "callsim")]

@@ -81,7 +81,7 @@ impl Observer {
     pub fn new(target_url: &str) -> Self {
         Observer {
             url: format!("{}/", target_url.trim_end_matches('/')),
-            client: awc::Client::builder().timeout(SAMPLE_TIMEOUT).finish(),
+            client: crate::client::builder().timeout(SAMPLE_TIMEOUT).finish(),
             round: 0,
             seen: BTreeMap::new(),
             rejected: HashMap::new(),

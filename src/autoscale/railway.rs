@@ -127,7 +127,7 @@ impl Railway {
         Railway {
             url: url.to_string(),
             token,
-            client: awc::Client::builder().timeout(REQUEST_TIMEOUT).finish(),
+            client: crate::client::builder().timeout(REQUEST_TIMEOUT).finish(),
         }
     }
 

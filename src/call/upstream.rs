@@ -45,12 +45,13 @@ pub struct ConnectError {
 }
 
 thread_local! {
-    /// awc's client is per thread (not `Send`); every call of a worker shares it.
-    static CLIENT: awc::Client = awc::Client::builder()
+    /// awc's client is per thread (not `Send`); every call of a worker shares it. TCP_NODELAY
+    /// (crate::client): a caller's 20 ms frames must not wait for the upstream's delayed ACKs.
+    static CLIENT: awc::Client = crate::client::builder()
         // awc's connector allows 100 connections at once by default, and an upstream is held
         // for a whole call: unlimited, so call 101 does not wait for call 1 to end (LIMIT_CONCURRENCY
         // is the bound). The handshake's own bound is the request's timeout (below).
-        .connector(awc::Connector::new().limit(0))
+        .no_pool_limit()
         .timeout(Duration::from_secs(3600))
         .finish();
 }

@@ -114,7 +114,7 @@ pub struct CallControl {
 
 thread_local! {
     /// awc's client is per thread (it is not `Send`); every call of a worker shares it.
-    static CLIENT: awc::Client = awc::Client::builder().timeout(REQUEST_TIMEOUT).finish();
+    static CLIENT: awc::Client = crate::client::builder().timeout(REQUEST_TIMEOUT).finish();
 }
 
 impl CallControl {

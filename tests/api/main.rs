@@ -17,5 +17,7 @@ mod disconnects;
 mod drain;
 mod fake_railway;
 mod helpers;
+#[cfg(target_os = "linux")]
+mod nodelay;
 mod observability;
 mod webhook;

@@ -16,7 +16,6 @@
 mod audio;
 mod caller;
 mod chaos;
-mod net;
 mod realtime_model;
 mod report;
 
@@ -190,8 +189,16 @@ async fn run(args: Args) -> ExitCode {
         Ok(_) => {}
         Err(e) => eprintln!("callsim: warning: could not raise the open files limit: {e}"),
     }
-    let client = net::client(args.timeout, false);
-    let resetting_client = net::client(args.timeout, true);
+    // TCP_NODELAY (callvisor::client): with Nagle's algorithm, `start` written right after
+    // `connected` waits for the first one's delayed ACK, and the audio queues behind it: round
+    // trips that measure the simulator's socket, not the server. No pool limit: every live call
+    // holds a stream connection.
+    let client = callvisor::client::builder()
+        .no_pool_limit()
+        .connect_timeout(args.timeout)
+        .timeout(args.timeout);
+    let resetting_client = client.reset_on_drop().finish();
+    let client = client.finish();
     let seed = args.seed.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
