@@ -30,6 +30,8 @@
 //! - `fakes` (feature `callsim`): strict fakes of the outside services, shared by the tests
 //!   and callsim's stand-ins.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod autoscale;
 pub mod call;

@@ -1,6 +1,8 @@
 //! The callvisor binary: configuration, logging, run, exit code. `callvisor autoscale` runs the
 //! replica controller instead (`src/autoscale/`).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use callvisor::app::Application;

@@ -2,6 +2,8 @@
 //! frames, TwiML, and request signatures. proptest prints the failing case (shrunk) and saves
 //! its seed in `proptest-regressions/`, so a failure replays.
 
+#![forbid(unsafe_code)]
+
 use base64::Engine;
 use callvisor::twilio::messages::{
     Dtmf, Mark, Media, MediaFormat, Start, Stop, StreamEvent, TwilioFrame,

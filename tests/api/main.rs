@@ -1,5 +1,7 @@
 //! Black-box tests: the real server on port 0, driven over real sockets as Twilio would.
 
+#![forbid(unsafe_code)]
+
 mod agent;
 mod apps;
 mod auth;
@@ -18,6 +20,5 @@ mod drain;
 mod fake_railway;
 mod helpers;
 #[cfg(target_os = "linux")]
-mod nodelay;
 mod observability;
 mod webhook;

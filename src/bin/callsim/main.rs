@@ -13,6 +13,8 @@
 //! call, writes what each caller heard, and times the answers.
 //! Single-threaded on purpose: one core, no locks; pin it with `taskset` for benchmarks.
 
+#![forbid(unsafe_code)]
+
 mod audio;
 mod caller;
 mod chaos;
