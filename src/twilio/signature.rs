@@ -17,6 +17,8 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// The `<Parameter>` name the stream token travels under.
 pub const STREAM_TOKEN_PARAM: &str = "streamToken";
+/// The stream parameter that carries what a stream token binds (the agent that answers).
+pub const BOUND_PARAM: &str = "agent";
 
 /// Twilio's signature of a request: base64(HMAC-SHA1(token, url + sorted name/value pairs)).
 pub fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
@@ -127,37 +129,56 @@ impl StreamTokens {
         }
     }
 
-    fn mac(&self, call_sid: &str, expires: u64) -> [u8; 32] {
+    fn mac(&self, call_sid: &str, expires: u64, bound: &str) -> [u8; 32] {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key");
         mac.update(call_sid.as_bytes());
         mac.update(b"\n");
         mac.update(expires.to_string().as_bytes());
+        if !bound.is_empty() {
+            mac.update(b"\n");
+            mac.update(bound.as_bytes());
+        }
         mac.finalize().into_bytes().into()
     }
 
     /// A token for `call_sid` that expires at `expires` (unix seconds): `EXPIRES.MAC`.
     pub fn mint(&self, call_sid: &str, expires: u64) -> String {
-        format!(
-            "{expires}.{}",
-            URL_SAFE_NO_PAD.encode(self.mac(call_sid, expires))
-        )
+        self.mint_bound(call_sid, "", expires)
     }
 
-    /// Checks a token for `call_sid` at time `now` (unix seconds).
-    pub fn check(&self, token: Option<&str>, call_sid: &str, now: u64) -> Result<(), TokenError> {
+    /// A token that also binds a value to the call (the agent that answers it; letters,
+    /// digits, `-` and `_`): `EXPIRES.VALUE.MAC`. The stream gets the value from the token, so
+    /// a forged parameter cannot change it.
+    pub fn mint_bound(&self, call_sid: &str, bound: &str, expires: u64) -> String {
+        let mac = URL_SAFE_NO_PAD.encode(self.mac(call_sid, expires, bound));
+        if bound.is_empty() {
+            format!("{expires}.{mac}")
+        } else {
+            format!("{expires}.{bound}.{mac}")
+        }
+    }
+
+    /// Checks a token for `call_sid` at time `now` (unix seconds); the value it binds, if any.
+    pub fn check(
+        &self,
+        token: Option<&str>,
+        call_sid: &str,
+        now: u64,
+    ) -> Result<Option<String>, TokenError> {
         let token = token.ok_or(TokenError::Missing)?;
-        let (expires, mac) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let (head, mac) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let (expires, bound) = head.split_once('.').unwrap_or((head, ""));
         let expires: u64 = expires.parse().map_err(|_| TokenError::Malformed)?;
         let mac = URL_SAFE_NO_PAD
             .decode(mac)
             .map_err(|_| TokenError::Malformed)?;
-        if !constant_time_eq(&self.mac(call_sid, expires), &mac) {
+        if !constant_time_eq(&self.mac(call_sid, expires, bound), &mac) {
             return Err(TokenError::Forged);
         }
         if now > expires {
             return Err(TokenError::Expired);
         }
-        Ok(())
+        Ok((!bound.is_empty()).then(|| bound.to_string()))
     }
 }
 
@@ -277,11 +298,37 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_value_comes_back_and_cannot_be_swapped() {
+        let tokens = StreamTokens::new("12345");
+        let token = tokens.mint_bound("CA1", "support", 1_000);
+        assert_eq!(
+            tokens.check(Some(&token), "CA1", 999),
+            Ok(Some("support".into()))
+        );
+        // The same MAC with another agent, or with the agent removed, is forged.
+        let (_, mac) = token.rsplit_once('.').unwrap();
+        for swapped in [format!("1000.sales.{mac}"), format!("1000.{mac}")] {
+            assert_eq!(
+                tokens.check(Some(&swapped), "CA1", 999),
+                Err(TokenError::Forged),
+                "{swapped}"
+            );
+        }
+        // And a token without one cannot gain one.
+        let plain = tokens.mint("CA1", 1_000);
+        let (_, mac) = plain.split_once('.').unwrap();
+        assert_eq!(
+            tokens.check(Some(&format!("1000.support.{mac}")), "CA1", 999),
+            Err(TokenError::Forged)
+        );
+    }
+
+    #[test]
     fn stream_tokens_round_trip_and_fail_on_any_change() {
         let tokens = StreamTokens::new("12345");
         let token = tokens.mint("CA1", 1_000);
-        assert_eq!(tokens.check(Some(&token), "CA1", 999), Ok(()));
-        assert_eq!(tokens.check(Some(&token), "CA1", 1_000), Ok(()));
+        assert_eq!(tokens.check(Some(&token), "CA1", 999), Ok(None));
+        assert_eq!(tokens.check(Some(&token), "CA1", 1_000), Ok(None));
         assert_eq!(
             tokens.check(Some(&token), "CA1", 1_001),
             Err(TokenError::Expired)

@@ -20,7 +20,7 @@ use crate::call::handler::MediaChunk;
 use crate::call::supervisor::BindCall;
 use crate::http::socket::PEER_STALL_TIMEOUT;
 use crate::twilio::messages::StreamEvent;
-use crate::twilio::signature::{unix_now, STREAM_TOKEN_PARAM};
+use crate::twilio::signature::{unix_now, BOUND_PARAM, STREAM_TOKEN_PARAM};
 
 /// The largest frame a stream may send; Twilio's are well under 1 KiB.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -83,22 +83,35 @@ impl CallSession {
         let awaiting_start = matches!(self.state, CallState::AwaitingStart);
         let result = match (awaiting_start, event) {
             (_, StreamEvent::Connected | StreamEvent::Unknown) => Ok(()),
-            (true, StreamEvent::Start(start)) => {
+            (true, StreamEvent::Start(mut start)) => {
                 if let Some(tokens) = &self.settings.tokens {
                     let token = start.custom_parameters.get(STREAM_TOKEN_PARAM);
-                    if let Err(e) =
-                        tokens.check(token.map(String::as_str), &start.call_sid, unix_now())
-                    {
-                        // Before the handler or the supervisor hear of this call: a forged
-                        // stream must not reach the voice backend nor supersede a real call.
-                        call_log!(
-                            self,
-                            Warn,
-                            "stream claiming {} refused: {e}",
-                            start.call_sid
-                        );
-                        self.metrics.rejected("auth");
-                        return self.close(ctx, EndReason::Unauthenticated, 1008, &e.to_string());
+                    match tokens.check(token.map(String::as_str), &start.call_sid, unix_now()) {
+                        // What the token binds (the agent the webhook chose) is what the app
+                        // sees, whatever parameter of that name the stream claims.
+                        Ok(Some(bound)) => {
+                            start.custom_parameters.insert(BOUND_PARAM.into(), bound);
+                        }
+                        Ok(None) => {
+                            start.custom_parameters.remove(BOUND_PARAM);
+                        }
+                        Err(e) => {
+                            // Before the handler or the supervisor hear of this call: a forged
+                            // stream must not reach the voice backend nor supersede a real call.
+                            call_log!(
+                                self,
+                                Warn,
+                                "stream claiming {} refused: {e}",
+                                start.call_sid
+                            );
+                            self.metrics.rejected("auth");
+                            return self.close(
+                                ctx,
+                                EndReason::Unauthenticated,
+                                1008,
+                                &e.to_string(),
+                            );
+                        }
                     }
                 }
                 self.sids = Some(Sids {
