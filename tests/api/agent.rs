@@ -687,6 +687,11 @@ async fn each_call_logs_its_model_connect_first_audio_barge_in_and_end_and_never
     frames(&mut call, 2).await;
     model.speech_started().await;
     assert_eq!(call.next_json().await["event"], "clear");
+    // The next answer reaches the caller: the agent has handled the cut-off one's in-flight
+    // deltas (the model's socket is in order).
+    model.speech_stopped().await;
+    model.audio("i2", 20).await;
+    assert_eq!(frames(&mut call, 2).await.0, [audio_ms(20)]);
     call.stop(&sid, "CAlogged").await;
     assert_eq!(call.expect_close().await.0, 1000);
     for needle in [
