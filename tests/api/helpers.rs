@@ -449,6 +449,22 @@ pub fn call_params(call_sid: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `callvisor ARGS…` run to completion in `dir` with only `env` (no stray `.env` or variable of
+/// the test's own environment can interfere): its exit status, stdout and stderr.
+pub fn run_binary(
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &std::path::Path,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_callvisor"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
+}
+
 /// The real binary, started as Railway would, for tests that need signals and exit codes.
 pub struct BinaryApp {
     pub child: std::process::Child,

@@ -1,6 +1,7 @@
 //! Black-box tests: the real server on port 0, driven over real sockets as Twilio would.
 
 mod agent;
+mod agents_file;
 mod apps;
 mod auth;
 mod autoscale;

@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -628,6 +629,43 @@ impl fmt::Display for Destination {
         match self {
             Destination::Number(n) => f.write_str(n),
             Destination::Sip(uri) => f.write_str(uri),
+        }
+    }
+}
+
+/// `callvisor agents check [FILE]`: loads the agents file (FILE, else `AGENTS_FILE`) with every
+/// check the server makes at start, the environment's included (`headers_from_env`,
+/// `WEBHOOK_SECRET`, no `AGENT_*` variables beside a file), and prints the routing table: exit 0,
+/// or the one error line and exit 2. `args` are the arguments after `agents`.
+pub fn main(args: &[String]) -> ExitCode {
+    const USAGE: &str = "usage: callvisor agents check [FILE] (FILE defaults to $AGENTS_FILE)";
+    let file = match args {
+        [check] if check == "check" => None,
+        [check, file] if check == "check" && !file.starts_with('-') => Some(file.clone()),
+        _ => {
+            eprintln!("callvisor agents: {USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = dotenvy::dotenv();
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let Some(file) = file.or_else(|| env(crate::config::ENV_AGENTS_FILE)) else {
+        eprintln!("callvisor agents check: no FILE given and AGENTS_FILE is not set");
+        return ExitCode::from(2);
+    };
+    match crate::config::agents_setup(&env, Some(&file)) {
+        Ok(setup) => {
+            print!("{}", setup.agents.routing_table());
+            match (setup.agents.first_tool(), setup.webhook_secret.is_some()) {
+                (Some(_), _) => println!("\nWEBHOOK_SECRET: set; tool requests are signed"),
+                (None, true) => println!("\nWEBHOOK_SECRET: set; no tool uses it yet"),
+                (None, false) => println!("\nWEBHOOK_SECRET: not needed (no tools)"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
         }
     }
 }
