@@ -1,5 +1,6 @@
 //! The callvisor binary: configuration, logging, run, exit code. `callvisor autoscale` runs the
-//! replica controller instead (`src/autoscale/`).
+//! replica controller instead (`src/autoscale/`); `callvisor agents check [FILE]` checks an
+//! agents file and prints its routing table (docs/agents.md).
 
 #![forbid(unsafe_code)]
 
@@ -10,14 +11,16 @@ use callvisor::config::Config;
 use callvisor::drain::{wait_and_drain, Signals};
 
 fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
         None => {}
         Some("autoscale") => return callvisor::autoscale::main(),
+        Some("agents") => return callvisor::call::handlers::openai::agents::main(&args[2..]),
         Some(other) => {
             eprintln!(
                 "callvisor: unknown command `{other}`: run `callvisor` (the call server, \
-                 configured by environment variables) or `callvisor autoscale` (the replica \
-                 controller, docs/scaling.md)"
+                 configured by environment variables), `callvisor autoscale` (the replica \
+                 controller, docs/scaling.md) or `callvisor agents check [FILE]` (docs/agents.md)"
             );
             return ExitCode::from(2);
         }

@@ -83,12 +83,12 @@ impl AutoscaleConfig {
         let bad = |variable: &'static str, value: String, expected: &'static str| ConfigError {
             variable,
             value,
-            expected,
+            expected: expected.into(),
         };
         let missing = |variable: &'static str, expected: &'static str| ConfigError {
             variable,
             value: String::new(),
-            expected,
+            expected: expected.into(),
         };
         fn number<T: std::str::FromStr>(
             get: &dyn Fn(&str) -> Option<String>,
@@ -104,7 +104,7 @@ impl AutoscaleConfig {
                     _ => Err(ConfigError {
                         variable: name,
                         value: v,
-                        expected,
+                        expected: expected.into(),
                     }),
                 },
             }

@@ -42,16 +42,26 @@ pub fn serve_peer(
     addr
 }
 
-/// `HANDLER=openai`'s settings for a test, the model at `url`.
+/// `HANDLER=openai`'s settings for a test, the model at `url`: one agent, `default`, whose
+/// settings are also the per-agent fields'.
 pub fn agent_config(url: &str) -> callvisor::config::AgentConfig {
+    use callvisor::call::handlers::openai::agents::{Agent, Agents};
+    // Not the default (gpt-realtime-2.1): a test that reads `?model=` proves the configured
+    // model is what is sent.
+    let (model, voice, instructions) = ("gpt-realtime", "alloy", "You help {{From}}.");
     callvisor::config::AgentConfig {
         api_key: "sk-test".to_string().into(),
         url: url.to_string(),
-        // Not the default (gpt-realtime-2.1): a test that reads `?model=` proves the configured
-        // model is what is sent.
-        model: "gpt-realtime".into(),
-        instructions: "You help {{From}}.".into(),
-        voice: "alloy".into(),
+        agents: std::sync::Arc::new(Agents::single(Agent::basic(
+            "default",
+            model,
+            voice,
+            instructions,
+        ))),
+        webhook_secret: None,
+        model: model.into(),
+        instructions: instructions.into(),
+        voice: voice.into(),
         greeting: None,
         transfer_number: None,
         dtmf_to_model: true,
@@ -437,6 +447,22 @@ pub fn call_params(call_sid: &str) -> Vec<(&'static str, String)> {
         ("Direction", "inbound".to_string()),
         ("ApiVersion", "2010-04-01".to_string()),
     ]
+}
+
+/// `callvisor ARGS…` run to completion in `dir` with only `env` (no stray `.env` or variable of
+/// the test's own environment can interfere): its exit status, stdout and stderr.
+pub fn run_binary(
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &std::path::Path,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_callvisor"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
 }
 
 /// The real binary, started as Railway would, for tests that need signals and exit codes.

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod agents_file;
 mod apps;
 mod auth;
 mod autoscale;

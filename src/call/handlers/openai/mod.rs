@@ -31,6 +31,7 @@
 //! once (every replica would get the same answer); the model's session ending mid-call → the
 //! caller hears the apology (`<Say>` then `<Hangup/>`, REST) instead of silence. A call that comes
 //! back after a hand-off (`attempt` > 1) is not greeted again.
+pub mod agents;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
