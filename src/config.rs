@@ -114,16 +114,6 @@ pub struct AgentConfig {
     /// `WEBHOOK_SECRET`: signs the requests to the business (tools, per-call configuration);
     /// always set when an agent has a tool.
     pub webhook_secret: Option<WebhookSecret>,
-    pub model: String,
-    /// The system prompt; `{{From}}`-style placeholders take the call's `<Parameter>`s.
-    pub instructions: String,
-    pub voice: String,
-    /// When set, the agent speaks first, with this.
-    pub greeting: Option<String>,
-    /// When set (E.164), the agent has a `transfer_call` tool: its first number target.
-    pub transfer_number: Option<String>,
-    /// `AGENT_DTMF` (default on): key presses reach the model as "The caller pressed 5".
-    pub dtmf_to_model: bool,
     /// `AGENT_CONNECT_TIMEOUT_SECS`: how long the model's handshake may take before the call is
     /// given up to another replica.
     pub connect_timeout: Duration,
@@ -160,7 +150,13 @@ impl PartialEq for HandlerKind {
                 },
             ) => a == b && x == y,
             (HandlerKind::OpenAi(a), HandlerKind::OpenAi(b)) => {
-                (&a.url, &a.model, &a.voice) == (&b.url, &b.model, &b.voice)
+                let names = |c: &AgentConfig| -> Vec<(String, String, String)> {
+                    c.agents
+                        .iter()
+                        .map(|g| (g.name.clone(), g.model.clone(), g.voice.clone()))
+                        .collect()
+                };
+                a.url == b.url && names(a) == names(b)
             }
             _ => false,
         }
@@ -508,25 +504,26 @@ impl fmt::Display for Config {
             self.handler.name(),
             match &self.handler {
                 HandlerKind::Bridge { url, .. } => format!("({})", url_origin(url)),
-                HandlerKind::OpenAi(agent) => match agent.agents.file() {
-                    None => format!(
-                        "({} model={} voice={})",
-                        url_origin(&agent.url),
-                        agent.model,
-                        agent.voice
-                    ),
-                    Some(file) => format!(
-                        "({} agents_file={} agents={})",
-                        url_origin(&agent.url),
-                        file.display(),
-                        agent
-                            .agents
-                            .iter()
-                            .map(|a| a.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    ),
-                },
+                HandlerKind::OpenAi(agent) =>
+                    match (agent.agents.file(), agent.agents.iter().next()) {
+                        (None, Some(only)) => format!(
+                            "({} model={} voice={})",
+                            url_origin(&agent.url),
+                            only.model,
+                            only.voice
+                        ),
+                        (file, _) => format!(
+                            "({} agents_file={} agents={})",
+                            url_origin(&agent.url),
+                            file.map_or_else(|| "-".into(), |f| f.display().to_string()),
+                            agent
+                                .agents
+                                .iter()
+                                .map(|a| a.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                    },
                 HandlerKind::Echo => String::new(),
             },
             self.rest_credentials()
@@ -588,28 +585,9 @@ fn agent_config(get: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, Con
         agents,
         webhook_secret,
     } = agents_setup(get, get(ENV_AGENTS_FILE).as_deref().map(str::trim))?;
-    // Until the runtime routes calls by `To`, every call runs the default agent (else the
-    // file's first): its settings fill the fields the agent reads today.
-    let runs = agents
-        .default_agent()
-        .or_else(|| agents.iter().next())
-        .expect("a deployment has at least one agent")
-        .clone();
     Ok(AgentConfig {
         api_key,
         url,
-        model: runs.model.clone(),
-        instructions: runs.instructions.clone(),
-        voice: runs.voice.clone(),
-        greeting: runs.greeting.clone(),
-        transfer_number: runs
-            .transfer_targets
-            .iter()
-            .find_map(|t| match &t.destination {
-                Destination::Number(n) => Some(n.clone()),
-                Destination::Sip(_) => None,
-            }),
-        dtmf_to_model: runs.dtmf_to_model,
         connect_timeout,
         agents: Arc::new(agents),
         webhook_secret,
@@ -940,12 +918,6 @@ mod tests {
         ]);
         assert_eq!(a.api_key.expose_secret(), "sk-test-key");
         assert_eq!(a.url, "ws://127.0.0.1:9/v1/realtime");
-        assert_eq!(a.model, "gpt-realtime-mini");
-        assert_eq!(a.instructions, "You answer for {{To}}.");
-        assert_eq!(a.voice, "marin");
-        assert_eq!(a.greeting.as_deref(), Some("Hello, Acme here."));
-        assert_eq!(a.transfer_number.as_deref(), Some("+14155550123"));
-        assert!(!a.dtmf_to_model);
         assert_eq!(a.connect_timeout, Duration::from_secs(17));
         // The same settings make the one agent, `default`, that answers every number.
         assert_eq!(a.agents.len(), 1);
@@ -999,8 +971,10 @@ mod tests {
             ("AGENT_INSTRUCTIONS", "You answer inline."),
         ]);
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(from_file.instructions, "You answer from a file.");
-        assert_eq!(both.instructions, "You answer inline.");
+        let instructions =
+            |c: &AgentConfig| c.agents.by_name("default").unwrap().instructions.clone();
+        assert_eq!(instructions(&from_file), "You answer from a file.");
+        assert_eq!(instructions(&both), "You answer inline.");
     }
 
     /// A folder of the test's own holding `agents.toml` with `text`.
@@ -1066,13 +1040,13 @@ dtmf = "off"
             agent.agents.for_number("+15559999999").unwrap().name,
             "sales"
         );
-        // The per-agent fields the runtime reads today are the default agent's.
-        assert_eq!(agent.instructions, "Sales.");
-        assert_eq!(agent.model, "gpt-realtime-mini");
-        assert_eq!(agent.voice, DEFAULT_AGENT_VOICE);
-        assert_eq!(agent.greeting.as_deref(), Some("Sales here."));
-        assert_eq!(agent.transfer_number, None);
-        assert!(!agent.dtmf_to_model);
+        let sales = agent.agents.default_agent().unwrap();
+        assert_eq!(sales.instructions, "Sales.");
+        assert_eq!(sales.model, "gpt-realtime-mini");
+        assert_eq!(sales.voice, DEFAULT_AGENT_VOICE);
+        assert_eq!(sales.greeting.as_deref(), Some("Sales here."));
+        assert!(sales.transfer_targets.is_empty());
+        assert!(!sales.dtmf_to_model);
         let line = c.to_string();
         assert!(
             line.contains(&format!(
@@ -1331,19 +1305,20 @@ dtmf = "off"
             c.twilio_auth_token.as_ref().map(|t| t.expose_secret()),
             Some("tok")
         );
-        assert_eq!(agent.transfer_number.as_deref(), Some("+14155550123"));
+        let only = agent.agents.by_name("default").unwrap();
+        assert_eq!(
+            only.transfer_target("default"),
+            Some(&Destination::Number("+14155550123".into()))
+        );
         // What is not set takes its default.
         assert_eq!(agent.url, DEFAULT_OPENAI_REALTIME_URL);
         assert_eq!(
-            (agent.model.as_str(), agent.voice.as_str()),
+            (only.model.as_str(), only.voice.as_str()),
             ("gpt-realtime-2.1", "alloy")
         );
-        assert_eq!(agent.instructions, DEFAULT_AGENT_INSTRUCTIONS);
-        assert_eq!(agent.greeting, None);
-        assert!(
-            agent.dtmf_to_model,
-            "key presses reach the model by default"
-        );
+        assert_eq!(only.instructions, DEFAULT_AGENT_INSTRUCTIONS);
+        assert_eq!(only.greeting, None);
+        assert!(only.dtmf_to_model, "key presses reach the model by default");
         assert_eq!(agent.connect_timeout, Duration::from_secs(5));
         let shown = format!("{c} {c:?}");
         assert!(!shown.contains("sk-s3cret"), "{shown}");

@@ -47,7 +47,7 @@ impl Credentials {
 pub enum CallUpdate {
     /// `Status=completed`.
     HangUp,
-    /// `Twiml=<Response><Dial>to</Dial></Response>`: the caller is connected to `to`.
+    /// `Twiml=<Response><Dial><Number>to</Number></Dial></Response>` (`<Sip>` for a `sip:` URI): the caller is connected to `to`.
     Transfer { to: String },
     /// `Twiml=<Response><Say>text</Say><Hangup/></Response>`: Twilio speaks, then hangs up.
     SayAndHangUp { text: String },
@@ -256,7 +256,7 @@ mod tests {
             transfer.form(),
             vec![(
                 "Twiml",
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Dial>+14155550123</Dial></Response>"
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Dial><Number>+14155550123</Number></Dial></Response>"
                     .to_string()
             )]
         );

@@ -62,10 +62,20 @@ impl TwimlResponse {
     }
 
     /// `<Dial>number</Dial>`: connects the caller to `number` (a transfer).
-    pub fn dial(mut self, number: &str) -> Self {
-        self.body.push_str("<Dial>");
-        escape_into(&mut self.body, number);
-        self.body.push_str("</Dial>");
+    /// `<Dial>` to a phone number (`<Number>`) or, for a `sip:` URI, a SIP endpoint (`<Sip>`).
+    pub fn dial(mut self, to: &str) -> Self {
+        let noun = if to.starts_with("sip:") {
+            "Sip"
+        } else {
+            "Number"
+        };
+        self.body.push_str("<Dial><");
+        self.body.push_str(noun);
+        self.body.push('>');
+        escape_into(&mut self.body, to);
+        self.body.push_str("</");
+        self.body.push_str(noun);
+        self.body.push_str("></Dial>");
         self
     }
 

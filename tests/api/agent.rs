@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use callvisor::call::handlers::openai::agents::{Agent, Agents, Destination, TransferTarget};
 use callvisor::config::{AgentConfig, HandlerKind};
 use callvisor::fakes::realtime::{FakeRealtime, STALE_AUDIO_BYTE};
 use serde_json::{json, Value};
@@ -19,17 +20,20 @@ async fn agent(model: &FakeRealtime, twilio: &FakeTwilio, key: &str) -> TestApp 
     agent_with(model, twilio, key, |_| {}).await
 }
 
+/// The agent of `agent_config()`, changed by `configure`, as the one (default) agent.
 async fn agent_with(
     model: &FakeRealtime,
     twilio: &FakeTwilio,
     key: &str,
-    configure: impl FnOnce(&mut AgentConfig),
+    configure: impl FnOnce(&mut Agent),
 ) -> TestApp {
     let mut config = AgentConfig {
         api_key: key.to_string().into(),
         ..agent_config(&model.url)
     };
-    configure(&mut config);
+    let mut agent = (**config.agents.iter().next().unwrap()).clone();
+    configure(&mut agent);
+    config.agents = Arc::new(Agents::single(agent));
     let base = twilio.base.clone();
     spawn_app_with(move |c| {
         c.handler = HandlerKind::OpenAi(Arc::new(config));
@@ -445,7 +449,10 @@ async fn a_greeting_goes_first_and_the_transfer_tool_dials_the_number() {
     );
     let app = agent_with(&model, &twilio, "sk-test", |c| {
         c.greeting = Some("Thanks for calling Acme.".into());
-        c.transfer_number = Some("+14155550123".into());
+        c.transfer_targets = vec![TransferTarget {
+            name: "desk".into(),
+            destination: Destination::Number("+14155550123".into()),
+        }];
     })
     .await;
     twilio.live_call("CAxfer");
@@ -479,7 +486,9 @@ async fn a_greeting_goes_first_and_the_transfer_tool_dials_the_number() {
     assert_eq!(update.call_sid, "CAxfer");
     assert_eq!(update.form[0].0, "Twiml");
     assert!(
-        update.form[0].1.contains("<Dial>+14155550123</Dial>"),
+        update.form[0]
+            .1
+            .contains("<Dial><Number>+14155550123</Number></Dial>"),
         "{update:?}"
     );
     assert_eq!(model.wait_closed().await, 1000);
@@ -515,7 +524,10 @@ async fn a_failed_transfer_is_followed_by_the_end_asked_for_meanwhile() {
         FakeTwilio::start(KEY_SID, "key-secret"),
     );
     let app = agent_with(&model, &twilio, "sk-test", |c| {
-        c.transfer_number = Some("+14155550123".into());
+        c.transfer_targets = vec![TransferTarget {
+            name: "desk".into(),
+            destination: Destination::Number("+14155550123".into()),
+        }];
     })
     .await;
     twilio.live_call("CAqueue");
@@ -543,7 +555,7 @@ async fn without_a_number_the_model_hears_it_cannot_transfer_and_keys_can_stay_p
         FakeRealtime::start("sk-test"),
         FakeTwilio::start(KEY_SID, "key-secret"),
     );
-    let app = agent_with(&model, &twilio, "sk-test", |c| c.dtmf_to_model = false).await;
+    let app = agent_with(&model, &twilio, "sk-test", |a| a.dtmf_to_model = false).await;
     let sid = stream_sid_for("CAnoxfer");
     let mut call = started(&app, &model, "CAnoxfer").await;
     let tools = &model.received()[0]["session"]["tools"];
@@ -556,7 +568,7 @@ async fn without_a_number_the_model_hears_it_cannot_transfer_and_keys_can_stay_p
     let output = model.wait_for("conversation.item.create", 1).await;
     assert_eq!(
         output["item"],
-        json!({"type": "function_call_output", "call_id": "c9", "output": "no transfer number is configured"})
+        json!({"type": "function_call_output", "call_id": "c9", "output": r#"{"error":"no transfer target is configured"}"#})
     );
     // The tool's answer asks for a response once the one that called it is done.
     sync(&mut call, &model, &sid, 2).await;

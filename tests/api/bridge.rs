@@ -184,7 +184,9 @@ async fn the_bot_transfers_to_an_e164_number_and_nothing_else() {
     assert_eq!(call.expect_close().await, (1000, "transfer".into()));
     let update = &twilio.updates()[0];
     assert_eq!(update.call_sid, "CAxfer");
-    assert!(update.form[0].1.contains("<Dial>+14155550123</Dial>"));
+    assert!(update.form[0]
+        .1
+        .contains("<Dial><Number>+14155550123</Number></Dial>"));
     app.wait_for_active(0).await;
 }
 

@@ -63,7 +63,9 @@ async fn hang_up_transfer_and_say_reach_twilio_as_documented() {
     assert_eq!(updates.len(), 3);
     assert!(updates.iter().all(|u| u.account_sid == ACCOUNT));
     assert_eq!(updates[0].form, [("Status".into(), "completed".into())]);
-    assert!(updates[1].form[0].1.contains("<Dial>+14155550123</Dial>"));
+    assert!(updates[1].form[0]
+        .1
+        .contains("<Dial><Number>+14155550123</Number></Dial>"));
     assert!(updates[2].form[0]
         .1
         .contains("<Say>Sorry &amp; goodbye</Say><Hangup/>"));

@@ -59,12 +59,6 @@ pub fn agent_config(url: &str) -> callvisor::config::AgentConfig {
             instructions,
         ))),
         webhook_secret: None,
-        model: model.into(),
-        instructions: instructions.into(),
-        voice: voice.into(),
-        greeting: None,
-        transfer_number: None,
-        dtmf_to_model: true,
         // Production's: a test of a slow handshake sets its own.
         connect_timeout: std::time::Duration::from_secs(
             callvisor::config::DEFAULT_AGENT_CONNECT_TIMEOUT_SECS,

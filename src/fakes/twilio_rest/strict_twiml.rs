@@ -675,7 +675,8 @@ mod tests {
     fn accepts_a_transfer_to_an_e164_number_as_callvisor_writes_it() {
         let doc = read(&TwimlResponse::new().dial("+14155550123").build()).unwrap();
         assert_eq!(names(&doc), ["Dial"]);
-        assert_eq!(doc[0].text, "+14155550123");
+        assert_eq!(names(&doc[0].children), ["Number"]);
+        assert_eq!(doc[0].children[0].text, "+14155550123");
     }
 
     #[test]
@@ -684,7 +685,8 @@ mod tests {
         let xml = TwimlResponse::new().dial(to).build();
         assert!(xml.contains("&amp;"), "{xml}");
         let doc = read(&xml).unwrap();
-        assert_eq!(doc[0].text, to);
+        assert_eq!(names(&doc[0].children), ["Sip"]);
+        assert_eq!(doc[0].children[0].text, to);
     }
 
     #[test]
@@ -862,7 +864,7 @@ mod tests {
             let doc = read(&TwimlResponse::new().dial(&to).build())
                 .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
             proptest::prop_assert_eq!(names(&doc), ["Dial"]);
-            proptest::prop_assert_eq!(&doc[0].text, &to);
+            proptest::prop_assert_eq!(&doc[0].children[0].text, &to);
         }
     }
 }

@@ -45,6 +45,9 @@ use crate::call::handler::{
     UpstreamRequest,
 };
 use crate::config::AgentConfig;
+use crate::twilio::signature::BOUND_PARAM;
+
+use self::agents::{Agent, Destination};
 use crate::metrics::Metrics;
 use crate::twilio::messages::Start;
 
@@ -95,14 +98,17 @@ struct Responses {
 
 pub struct OpenAiAgent {
     config: Arc<AgentConfig>,
+    /// The agent answering this call (chosen at `start`: the one the stream token binds, else
+    /// the one for the number called, else the default).
+    agent: Arc<Agent>,
+    /// Its greeting with the call's placeholders filled (none after a hand-off).
+    greeting: Option<String>,
     metrics: Metrics,
     /// When the model's socket was asked for (connect time).
     connecting: Option<Instant>,
     open: bool,
     /// The caller's `<Parameter>`s, for `{{Name}}` placeholders in the instructions.
     instructions: String,
-    /// Whether this attempt greets the caller (not after a hand-off: the caller was greeted).
-    greet: bool,
     /// Caller audio (base64) that arrived before the model's socket opened, and its bytes.
     early_audio: VecDeque<String>,
     early_bytes: u64,
@@ -123,13 +129,20 @@ pub struct OpenAiAgent {
 
 impl OpenAiAgent {
     pub fn new(config: Arc<AgentConfig>, metrics: Metrics) -> Self {
+        let agent = config
+            .agents
+            .default_agent()
+            .or_else(|| config.agents.iter().next())
+            .expect("configuration has at least one agent")
+            .clone();
         OpenAiAgent {
             instructions: String::new(),
+            agent,
+            greeting: None,
             config,
             metrics,
             connecting: None,
             open: false,
-            greet: true,
             early_audio: VecDeque::new(),
             early_bytes: 0,
             responses: Responses::default(),
@@ -155,29 +168,63 @@ impl OpenAiAgent {
     }
 
     fn session_update(&self) -> Value {
+        let agent = &self.agent;
         let mut tools = vec![json!({
             "type": "function",
             "name": "end_call",
             "description": "End the phone call, after saying goodbye.",
             "parameters": {"type": "object", "properties": {}},
         })];
-        if self.config.transfer_number.is_some() {
+        if !agent.transfer_targets.is_empty() {
+            let names: Vec<&str> = agent
+                .transfer_targets
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect();
             tools.push(json!({
                 "type": "function",
                 "name": "transfer_call",
-                "description": "Transfer the caller to a human.",
-                "parameters": {"type": "object", "properties": {}},
+                "description": "Transfer the caller to a person or department.",
+                "parameters": {"type": "object",
+                    "properties": {"target": {"type": "string", "enum": names,
+                        "description": "Where to transfer the caller."}},
+                    "required": ["target"]},
             }));
+        }
+        for tool in &agent.tools {
+            tools.push(json!({"type": "function", "name": tool.name,
+                "description": tool.description, "parameters": tool.parameters}));
+        }
+        for server in &agent.mcp {
+            let mut mcp = json!({"type": "mcp", "server_label": server.server_label,
+                "server_url": server.server_url, "require_approval": server.require_approval.as_str()});
+            if let Some(allowed) = &server.allowed_tools {
+                mcp["allowed_tools"] = json!(allowed);
+            }
+            if !server.headers.is_empty() {
+                let headers: serde_json::Map<String, Value> = server
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.clone(), Value::from(h.value.expose_secret())))
+                    .collect();
+                mcp["headers"] = Value::Object(headers);
+            }
+            tools.push(mcp);
+        }
+        let mut input = json!({"format": {"type": "audio/pcmu"},
+                               "turn_detection": agent.turn_detection.to_json()});
+        if let Some(noise) = agent.noise_reduction {
+            input["noise_reduction"] = json!({"type": noise.as_str()});
         }
         json!({
             "type": "session.update",
             "session": {
                 "type": "realtime",
-                "model": self.config.model,
+                "model": agent.model,
                 "output_modalities": ["audio"],
                 "audio": {
-                    "input": {"format": {"type": "audio/pcmu"}, "turn_detection": {"type": "server_vad"}},
-                    "output": {"format": {"type": "audio/pcmu"}, "voice": self.config.voice},
+                    "input": input,
+                    "output": {"format": {"type": "audio/pcmu"}, "voice": agent.voice},
                 },
                 "instructions": self.instructions,
                 "tools": tools,
@@ -355,11 +402,36 @@ impl OpenAiAgent {
                 self.ending = true;
                 self.hang_up_when_played(call);
             }
-            "transfer_call" => match self.config.transfer_number.clone() {
-                Some(to) => call.transfer(&to),
-                None => self.tool_output(call, item, "no transfer number is configured"),
-            },
+            "transfer_call" => self.transfer(item, call),
             _ => self.tool_output(call, item, "unknown tool"),
+        }
+    }
+
+    /// `transfer_call`: dials the target the model named (with one target, the model may leave
+    /// it out); anything else is told to the model.
+    fn transfer(&mut self, item: &Value, call: &mut Call<'_>) {
+        let arguments: Value = item["arguments"]
+            .as_str()
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or(Value::Null);
+        let targets = &self.agent.transfer_targets;
+        let destination = match (arguments["target"].as_str(), targets.as_slice()) {
+            (_, []) => Err("no transfer target is configured".to_string()),
+            (Some(name), _) => self
+                .agent
+                .transfer_target(name)
+                .cloned()
+                .ok_or_else(|| format!("unknown transfer target {name:?}")),
+            (None, [only]) => Ok(only.destination.clone()),
+            (None, _) => Err("transfer_call needs a target".to_string()),
+        };
+        match destination {
+            Ok(Destination::Number(to) | Destination::Sip(to)) => call.transfer(&to),
+            Err(why) => {
+                agent_log!(call, Warn, "agent: transfer_call refused: {why}");
+                let output = json!({"error": why}).to_string();
+                self.tool_output(call, item, &output);
+            }
         }
     }
 
@@ -434,7 +506,7 @@ impl OpenAiAgent {
             Self::append_audio(call, &payload);
         }
         self.early_bytes = 0;
-        if let Some(greeting) = self.config.greeting.clone().filter(|_| self.greet) {
+        if let Some(greeting) = self.greeting.clone() {
             self.user_text(call, &format!("Greet the caller with: {greeting}"));
         }
     }
@@ -442,16 +514,29 @@ impl OpenAiAgent {
 
 impl CallHandler for OpenAiAgent {
     fn on_start(&mut self, start: &Start, call: &mut Call<'_>) -> Result<(), HandlerError> {
-        let mut instructions = self.config.instructions.clone();
-        for (name, value) in &start.custom_parameters {
-            instructions = instructions.replace(&format!("{{{{{name}}}}}"), value);
+        let params = &start.custom_parameters;
+        let agents = &self.config.agents;
+        // The name the stream token binds (the session put it in place of any claimed), else the
+        // number called (a stream minted by a replica with another file), else the default.
+        if let Some(agent) = params
+            .get(BOUND_PARAM)
+            .and_then(|name| agents.by_name(name))
+            .or_else(|| params.get("To").and_then(|to| agents.for_number(to)))
+        {
+            self.agent = agent.clone();
         }
-        self.instructions = instructions;
-        self.greet = start
-            .custom_parameters
+        agent_log!(call, Info, "agent: {} answers", self.agent.name);
+        self.instructions = fill_placeholders(&self.agent.instructions, params, call);
+        let greet = params
             .get("attempt")
             .and_then(|a| a.parse::<u32>().ok())
             .is_none_or(|attempt| attempt <= 1);
+        self.greeting = self
+            .agent
+            .greeting
+            .as_ref()
+            .filter(|_| greet)
+            .map(|g| fill_placeholders(g, params, call));
         self.connecting = Some(Instant::now());
         let sep = if self.config.url.contains('?') {
             '&'
@@ -459,7 +544,7 @@ impl CallHandler for OpenAiAgent {
             '?'
         };
         call.connect_upstream(UpstreamRequest {
-            url: format!("{}{sep}model={}", self.config.url, self.config.model),
+            url: format!("{}{sep}model={}", self.config.url, self.agent.model),
             headers: vec![(
                 "Authorization".into(),
                 format!("Bearer {}", self.config.api_key.expose_secret()),
@@ -491,7 +576,7 @@ impl CallHandler for OpenAiAgent {
     }
 
     fn on_dtmf(&mut self, digit: &str, call: &mut Call<'_>) -> Result<(), HandlerError> {
-        if self.open && self.config.dtmf_to_model {
+        if self.open && self.agent.dtmf_to_model {
             self.user_text(call, &format!("The caller pressed {digit}"));
         }
         Ok(())
@@ -574,4 +659,30 @@ impl CallHandler for OpenAiAgent {
         );
         // The session closes the model's socket now (1000): no orphan session billing tokens.
     }
+}
+
+/// Fills `{{name}}` placeholders from the call's parameters; one left unfilled is removed (and
+/// logged: the prompt would otherwise tell the model about a template).
+fn fill_placeholders(
+    template: &str,
+    params: &std::collections::BTreeMap<String, String>,
+    call: &Call<'_>,
+) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open + 2..].find("}}") else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let name = rest[open + 2..open + 2 + close].trim();
+        match params.get(name) {
+            Some(value) => out.push_str(value),
+            None => agent_log!(call, Warn, "agent: no value for {{{{{name}}}}}: removed"),
+        }
+        rest = &rest[open + 2 + close + 2..];
+    }
+    out.push_str(rest);
+    out
 }
