@@ -249,9 +249,16 @@ impl FakeRealtime {
         self.play(|c| c.delta(item, vec![0x7f; ms * 8])).await;
     }
 
-    /// The active response calls the tool `name`.
+    /// The active response calls the tool `name` (no arguments).
     pub async fn tool_call(&self, name: &str, call_id: &str) {
-        self.play(|c| c.tool_call(name, call_id)).await;
+        self.tool_call_with(name, call_id, json!({})).await;
+    }
+
+    /// The active response calls the tool `name` with `arguments` (sent as a JSON string, as
+    /// the API does).
+    pub async fn tool_call_with(&self, name: &str, call_id: &str, arguments: Value) {
+        self.play(|c| c.tool_call(name, call_id, &arguments.to_string()))
+            .await;
     }
 
     /// The active response is complete: its items done, then `response.done`.
@@ -724,7 +731,7 @@ impl Conversation {
         events
     }
 
-    fn tool_call(&mut self, name: &str, call_id: &str) -> Vec<Value> {
+    fn tool_call(&mut self, name: &str, call_id: &str, arguments: &str) -> Vec<Value> {
         let item = self.id("fc");
         let mut events = self.add_item(&item, "function_call");
         let active = self.active.as_ref().expect("an active response");
@@ -732,7 +739,7 @@ impl Conversation {
             json!({"type": "response.output_item.done", "response_id": active.id,
             "output_index": active.items.len() - 1,
             "item": {"id": item, "type": "function_call", "status": "completed",
-                     "name": name, "call_id": call_id, "arguments": "{}"}}),
+                     "name": name, "call_id": call_id, "arguments": arguments}}),
         );
         events
     }

@@ -8,9 +8,10 @@
 
 use actix_web::{http::Method, web, HttpRequest, HttpResponse};
 
+use crate::config::HandlerKind;
 use crate::http::auth::{self, STREAM_TOKEN_TTL_SECS};
 use crate::http::{public_base_url, stream_status, websocket_base, AppState};
-use crate::twilio::signature::{unix_now, STREAM_TOKEN_PARAM};
+use crate::twilio::signature::{unix_now, BOUND_PARAM, STREAM_TOKEN_PARAM};
 use crate::twilio::twiml::{StreamVerb, TwimlResponse};
 
 pub const PATH: &str = "/incoming-call";
@@ -21,6 +22,9 @@ pub enum Answer {
     Connect,
     Busy,
 }
+
+/// What a caller hears when no agent answers the number called (and there is no default).
+pub const NOT_IN_SERVICE: &str = "The number you have called is not in service.";
 
 /// Decides the answer for try number `attempt` (1 = first) of a call.
 ///
@@ -87,6 +91,25 @@ pub async fn incoming_call(
         }
     };
 
+    // The voice agent: which agent answers this number. None is the number not in service.
+    let agent = match &config.handler {
+        HandlerKind::OpenAi(agent) => {
+            let to = param("To").unwrap_or("");
+            match agent.agents.for_number(to) {
+                Some(agent) => Some(agent.name.as_str()),
+                None => {
+                    log::warn!(call_sid = call_sid; "webhook: no agent answers To={to:?} and there is no default agent: not in service");
+                    state.metrics.webhook("not_in_service");
+                    let twiml = TwimlResponse::new().say(NOT_IN_SERVICE).hangup().build();
+                    return Ok(HttpResponse::Ok()
+                        .content_type("text/xml; charset=utf-8")
+                        .body(twiml));
+                }
+            }
+        }
+        _ => None,
+    };
+
     let twiml = match answer {
         Answer::Connect => {
             let stream_url = format!("{}/media-stream", websocket_base(&base));
@@ -97,10 +120,18 @@ pub async fn incoming_call(
                 .filter_map(|name| param(name).map(|v| (name, v)))
                 .collect();
             parameters.push(("attempt", &attempt_text));
-            let token = state
-                .auth
-                .as_ref()
-                .map(|a| a.tokens.mint(call_sid, unix_now() + STREAM_TOKEN_TTL_SECS));
+            // The agent travels in what the stream token signs; the parameter is what the
+            // session replaces with the token's (and the only carrier without tokens).
+            if let Some(agent) = agent {
+                parameters.push((BOUND_PARAM, agent));
+            }
+            let token = state.auth.as_ref().map(|a| {
+                a.tokens.mint_bound(
+                    call_sid,
+                    agent.unwrap_or(""),
+                    unix_now() + STREAM_TOKEN_TTL_SECS,
+                )
+            });
             if let Some(token) = &token {
                 parameters.push((STREAM_TOKEN_PARAM, token));
             }

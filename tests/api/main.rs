@@ -22,4 +22,5 @@ mod fake_railway;
 mod helpers;
 #[cfg(target_os = "linux")]
 mod observability;
+mod routing;
 mod webhook;

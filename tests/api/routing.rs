@@ -1,0 +1,308 @@
+//! Agents per number (`AGENTS_FILE`): the webhook picks the agent from `To`, the stream token
+//! carries it, the call runs that agent's settings. Signed webhooks and streams, as Twilio sends
+//! them, against the strict fakes of the Realtime API and Twilio's REST API.
+
+use std::sync::Arc;
+
+use callvisor::call::handlers::openai::agents::Agents;
+use callvisor::config::HandlerKind;
+use callvisor::fakes::realtime::FakeRealtime;
+use callvisor::fakes::twilio_rest::FakeTwilio;
+use callvisor::twilio::signature::sign;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const TOKEN: &str = "routing-auth-token";
+const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
+
+const AGENTS: &str = r#"
+[defaults]
+model = "gpt-realtime-2.1"
+
+[agents.support]
+numbers = ["+15550001111"]
+default = true
+instructions = "Support for {{From}}."
+greeting = "Support here."
+voice = "cedar"
+
+[agents.sales]
+numbers = ["+15550002222"]
+instructions = "Sales for {{From}}, {{Unknown}}now."
+greeting = "Sales here."
+voice = "marin"
+turn_detection = { type = "semantic_vad", eagerness = "low" }
+noise_reduction = "far_field"
+transfer_targets = { desk = "+15550003333", pbx = "sip:desk@pbx.example.com" }
+
+[[agents.sales.tools]]
+name = "lookup_order"
+description = "Look up an order by its number."
+url = "https://api.example.com/voice-tools/lookup_order"
+parameters = { type = "object", properties = { order_number = { type = "string" } }, required = ["order_number"] }
+
+[[agents.sales.mcp]]
+server_label = "crm"
+server_url = "https://mcp.example.com/mcp"
+allowed_tools = ["find_customer"]
+require_approval = "never"
+headers_from_env = { Authorization = "CRM_MCP_AUTHORIZATION" }
+"#;
+
+fn agents(text: &str) -> Agents {
+    let env = |name: &str| (name == "CRM_MCP_AUTHORIZATION").then(|| "Bearer crm-key".to_string());
+    Agents::parse(
+        text,
+        std::path::Path::new("agents.toml"),
+        &env,
+        "gpt-realtime-2.1",
+    )
+    .expect("a valid agents file")
+}
+
+async fn routed_app(model: &FakeRealtime, twilio: &FakeTwilio, text: &str) -> TestApp {
+    let mut config = agent_config(&model.url);
+    config.agents = Arc::new(agents(text));
+    let base = twilio.base.clone();
+    spawn_app_with(move |c| {
+        c.handler = HandlerKind::OpenAi(Arc::new(config));
+        c.twilio_auth_token = Some(TOKEN.into());
+        c.twilio_api_base_url = base;
+        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
+    })
+    .await
+}
+
+/// Twilio's webhook for a call to `to`, signed; the TwiML it got.
+async fn webhook_for(app: &TestApp, call_sid: &str, to: &str) -> String {
+    let params: Vec<(String, String)> = [
+        ("CallSid", call_sid),
+        ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
+        ("From", "+14155550100"),
+        ("To", to),
+        ("CallStatus", "ringing"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let url = format!("{}/incoming-call", app.base);
+    let mut resp = app
+        .client
+        .post(&url)
+        .insert_header(("X-Twilio-Signature", sign(TOKEN, &url, &params)))
+        .send_form(&params)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap()
+}
+
+/// The stream Twilio opens from `twiml`, signed, started with its parameters (after `edit`).
+async fn stream_for(
+    app: &TestApp,
+    call_sid: &str,
+    twiml: &Twiml,
+    edit: impl FnOnce(&mut Vec<(String, String)>),
+) -> TestStream {
+    let url = twiml.stream_url.clone().expect("a <Stream>");
+    let mut call = app
+        .open_stream_with_header(&url, ("X-Twilio-Signature", sign(TOKEN, &url, &[])))
+        .await;
+    let mut parameters = twiml.parameters.clone();
+    edit(&mut parameters);
+    call.connected_and_start(call_sid, &stream_sid_for(call_sid), &parameters)
+        .await;
+    call
+}
+
+fn tool_names(update: &Value) -> Vec<String> {
+    update["session"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["name"]
+                .as_str()
+                .or(t["server_label"].as_str())
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn two_numbers_reach_two_agents_and_an_unknown_number_the_default() {
+    let (model, twilio) = (
+        FakeRealtime::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let app = routed_app(&model, &twilio, AGENTS).await;
+    let calls = [
+        ("CAsales", "+15550002222", "sales"),
+        ("CAsupport", "+15550001111", "support"),
+        ("CAother", "+15559999999", "support"),
+    ];
+    for (n, (call_sid, to, agent)) in calls.iter().enumerate() {
+        let twiml = parse_twiml(&webhook_for(&app, call_sid, to).await);
+        assert!(
+            twiml
+                .parameters
+                .contains(&("agent".to_string(), agent.to_string())),
+            "{twiml:?}"
+        );
+        let mut call = stream_for(&app, call_sid, &twiml, |_| {}).await;
+        let update = model.wait_for("session.update", n + 1).await;
+        let greeting = model.wait_for("conversation.item.create", n + 1).await;
+        let said = greeting["item"]["content"][0]["text"].as_str().unwrap();
+        let session = &update["session"];
+        match *agent {
+            "sales" => {
+                // An unfilled placeholder is removed, not read out.
+                assert_eq!(session["instructions"], "Sales for +14155550100, now.");
+                assert_eq!(session["audio"]["output"]["voice"], "marin");
+                assert_eq!(
+                    session["audio"]["input"]["turn_detection"],
+                    json!({"type": "semantic_vad", "eagerness": "low"})
+                );
+                assert_eq!(
+                    session["audio"]["input"]["noise_reduction"],
+                    json!({"type": "far_field"})
+                );
+                assert!(said.contains("Sales here."), "{said}");
+                assert_eq!(
+                    tool_names(&update),
+                    ["end_call", "transfer_call", "lookup_order", "crm"]
+                );
+                let tools = session["tools"].as_array().unwrap();
+                assert_eq!(
+                    tools[1]["parameters"]["properties"]["target"]["enum"],
+                    json!(["desk", "pbx"])
+                );
+                assert_eq!(tools[2]["parameters"]["required"], json!(["order_number"]));
+                // The MCP server, its header's value read from the environment.
+                assert_eq!(
+                    tools[3],
+                    json!({"type": "mcp", "server_label": "crm",
+                           "server_url": "https://mcp.example.com/mcp",
+                           "allowed_tools": ["find_customer"], "require_approval": "never",
+                           "headers": {"Authorization": "Bearer crm-key"}})
+                );
+            }
+            _ => {
+                assert_eq!(session["instructions"], "Support for +14155550100.");
+                assert_eq!(session["audio"]["output"]["voice"], "cedar");
+                assert!(said.contains("Support here."), "{said}");
+                assert_eq!(tool_names(&update), ["end_call"]);
+            }
+        }
+        call.stop(&stream_sid_for(call_sid), call_sid).await;
+        assert_eq!(call.expect_close().await.0, 1000);
+    }
+    app.wait_for_active(0).await;
+    assert!(model.errors().is_empty(), "{:#?}", model.errors());
+}
+
+#[actix_web::test]
+async fn a_stream_token_for_one_agent_runs_it_whatever_the_stream_claims() {
+    let (model, twilio) = (
+        FakeRealtime::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let app = routed_app(&model, &twilio, AGENTS).await;
+    let twiml = parse_twiml(&webhook_for(&app, "CAforged", "+15550002222").await);
+    let mut call = stream_for(&app, "CAforged", &twiml, |params| {
+        for (name, value) in params.iter_mut() {
+            if name == "agent" {
+                *value = "support".into();
+            }
+        }
+    })
+    .await;
+    let update = model.wait_for("session.update", 1).await;
+    assert_eq!(update["session"]["audio"]["output"]["voice"], "marin");
+    call.stop("MZforged", "CAforged").await;
+    assert_eq!(call.expect_close().await.0, 1000);
+}
+
+#[actix_web::test]
+async fn without_a_default_agent_an_unknown_number_is_not_in_service() {
+    let (model, twilio) = (
+        FakeRealtime::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let app = routed_app(&model, &twilio, &AGENTS.replace("default = true\n", "")).await;
+    let twiml = parse_twiml(&webhook_for(&app, "CAnowhere", "+15559999999").await);
+    assert_eq!(twiml.stream_url, None);
+    assert_eq!(
+        twiml.say.as_deref(),
+        Some("The number you have called is not in service.")
+    );
+    assert!(twiml.hangup);
+    let m = scrape(&app).await;
+    assert_eq!(
+        metric(
+            &m,
+            "callvisor_webhook_answers_total{outcome=not_in_service}"
+        ),
+        1.0
+    );
+}
+
+#[actix_web::test]
+async fn transfer_call_dials_the_target_the_model_names() {
+    let (model, twilio) = (
+        FakeRealtime::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let app = routed_app(&model, &twilio, AGENTS).await;
+    for (n, (call_sid, target, dialled)) in [
+        (
+            "CApbx",
+            "pbx",
+            "<Dial><Sip>sip:desk@pbx.example.com</Sip></Dial>",
+        ),
+        (
+            "CAdesk",
+            "desk",
+            "<Dial><Number>+15550003333</Number></Dial>",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        twilio.live_call(call_sid);
+        let twiml = parse_twiml(&webhook_for(&app, call_sid, "+15550002222").await);
+        let mut call = stream_for(&app, call_sid, &twiml, |_| {}).await;
+        model.wait_for("session.update", n + 1).await;
+        model.speech_stopped().await;
+        model
+            .tool_call_with("transfer_call", "c1", json!({"target": target}))
+            .await;
+        assert_eq!(call.expect_close().await, (1000, "transfer".into()));
+        let update = twilio
+            .updates()
+            .into_iter()
+            .find(|u| u.call_sid == call_sid)
+            .unwrap();
+        assert!(update.form[0].1.contains(dialled), "{update:?}");
+    }
+    // An unknown target is told to the model; the call goes on.
+    twilio.live_call("CAnope");
+    let twiml = parse_twiml(&webhook_for(&app, "CAnope", "+15550002222").await);
+    let mut call = stream_for(&app, "CAnope", &twiml, |_| {}).await;
+    model.wait_for("session.update", 3).await;
+    model.speech_stopped().await;
+    model
+        .tool_call_with("transfer_call", "c2", json!({"target": "moon"}))
+        .await;
+    let output = model.wait_for("conversation.item.create", 4).await;
+    assert_eq!(output["item"]["type"], "function_call_output");
+    assert!(output["item"]["output"]
+        .as_str()
+        .unwrap()
+        .contains("unknown transfer target"));
+    call.stop(&stream_sid_for("CAnope"), "CAnope").await;
+    assert_eq!(call.expect_close().await.0, 1000);
+    assert!(twilio.answers("CAnope").is_empty());
+}
