@@ -16,6 +16,8 @@ use prometheus_client::registry::Registry;
 
 /// One label, as a fixed-size set (no allocation per increment).
 pub type Label = [(&'static str, &'static str); 1];
+/// Labels whose values come from the configuration (an agent's tool names: bounded by its file).
+pub type NamedLabels<const N: usize> = [(&'static str, String); N];
 
 /// Every metric this service exports.
 #[derive(Clone)]
@@ -56,7 +58,10 @@ pub struct Metrics {
     pub agent_connect: Histogram,
     pub agent_first_audio: Histogram,
     pub agent_barge_ins: Counter,
-    pub agent_tool_calls: Family<Label, Counter>,
+    pub agent_tool_calls: Family<NamedLabels<1>, Counter>,
+    /// The agent's own tools' requests to the business, by tool and outcome, and their time.
+    pub agent_tool_requests: Family<NamedLabels<2>, Counter>,
+    pub agent_tool_seconds: Histogram,
     pub agent_model_errors: Family<Label, Counter>,
 }
 
@@ -92,6 +97,8 @@ impl Metrics {
         let agent_first_audio = Histogram::new(exponential_buckets(0.01, 1.5, 16));
         let agent_barge_ins = Counter::default();
         let agent_tool_calls = Family::default();
+        let agent_tool_requests = Family::default();
+        let agent_tool_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let agent_model_errors = Family::default();
 
         let mut r = Registry::with_prefix("callvisor");
@@ -202,6 +209,16 @@ impl Metrics {
             agent_tool_calls.clone(),
         );
         r.register(
+            "agent_tool_requests",
+            "Voice agent: its own tools' requests to the business, by name and outcome (ok, error, timeout)",
+            agent_tool_requests.clone(),
+        );
+        r.register(
+            "agent_tool_seconds",
+            "Voice agent: how long its own tools' requests took",
+            agent_tool_seconds.clone(),
+        );
+        r.register(
             "agent_model_errors",
             "Voice agent: error events from the model, by type",
             agent_model_errors.clone(),
@@ -230,6 +247,8 @@ impl Metrics {
             agent_first_audio,
             agent_barge_ins,
             agent_tool_calls,
+            agent_tool_requests,
+            agent_tool_seconds,
             agent_model_errors,
         }
     }

@@ -102,6 +102,15 @@ pub trait CallHandler: 'static {
     ) -> Result<(), HandlerError> {
         Ok(())
     }
+    /// The answer to a [`Call::http_post`] (`id` is the request's).
+    fn on_http(
+        &mut self,
+        _id: u64,
+        _answer: HttpAnswer,
+        _call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
     /// The call is ending, for whatever reason; called exactly once, and nothing is called after
     /// it. Frames sent to the upstream here still go out before the upstream is closed.
     fn on_end(&mut self, _end: &CallEnd, _call: &mut Call<'_>) {}
@@ -142,9 +151,38 @@ impl std::fmt::Debug for UpstreamRequest {
     }
 }
 
+/// An HTTP POST an app makes (a tool of the business, say); its answer comes back as
+/// [`CallHandler::on_http`]. It runs in the call's actor: the call ending cancels it.
+#[derive(Clone)]
+pub struct HttpPost {
+    /// The app's own number for it, handed back with the answer.
+    pub id: u64,
+    pub url: String,
+    /// Sent as they are (signatures, content type); never logged.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// The whole request's bound, answer included.
+    pub timeout: Duration,
+}
+
+/// How an [`HttpPost`] went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpAnswer {
+    /// The server answered: its status and its body, cut at [`HTTP_BODY_MAX`] bytes.
+    Answered { status: u16, body: Vec<u8> },
+    /// No answer within the request's timeout.
+    TimedOut,
+    /// No answer at all (refused, reset, TLS, DNS); the cause.
+    Failed(String),
+}
+
+/// The most of an answer's body an app gets.
+pub const HTTP_BODY_MAX: usize = 16 * 1024;
+
 /// What a callback asked of the session besides frames to Twilio; drained after each callback.
 #[derive(Default)]
 pub struct Requests {
+    pub http: Vec<HttpPost>,
     pub upstream_out: Vec<actix_ws::Message>,
     pub connect: Option<UpstreamRequest>,
     /// Close the upstream with this code and reason once what is queued has gone.
@@ -273,6 +311,11 @@ impl<'a> Call<'a> {
     /// without this, the upstream gets 1000).
     pub fn close_upstream(&mut self, code: u16, reason: &str) {
         self.requests.close_upstream = Some((code, reason.to_string()));
+    }
+
+    /// POSTs `post`; the answer arrives as [`CallHandler::on_http`] with `post.id`.
+    pub fn http_post(&mut self, post: HttpPost) {
+        self.requests.http.push(post);
     }
 
     /// Hangs the call up through Twilio's REST API, then closes the stream 1000 `hangup`.

@@ -306,3 +306,238 @@ async fn transfer_call_dials_the_target_the_model_names() {
     assert_eq!(call.expect_close().await.0, 1000);
     assert!(twilio.answers("CAnope").is_empty());
 }
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// What the business's tool server saw of one request.
+#[derive(Debug, Clone)]
+struct ToolRequest {
+    path: String,
+    id: String,
+    signature_ok: bool,
+    body: Value,
+}
+
+#[derive(Default)]
+struct ToolServer {
+    requests: Vec<ToolRequest>,
+    /// Requests to /lookup_order being answered now.
+    in_flight: usize,
+}
+
+type ToolState = std::sync::Arc<std::sync::Mutex<ToolServer>>;
+
+/// Standard Webhooks, verified here independently of callvisor's own code: HMAC-SHA256 over
+/// `id.timestamp.body` with the secret's base64-decoded key, `v1,` + base64.
+fn signature_ok(req: &actix_web::HttpRequest, body: &[u8]) -> bool {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (id, timestamp, signature) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    let fresh = timestamp
+        .parse::<u64>()
+        .is_ok_and(|t| t.abs_diff(callvisor::twilio::signature::unix_now()) < 300);
+    fresh && signature.split(' ').any(|s| s == expected)
+}
+
+async fn tool_endpoint(
+    req: actix_web::HttpRequest,
+    body: actix_web::web::Bytes,
+    state: actix_web::web::Data<ToolState>,
+) -> actix_web::HttpResponse {
+    let path = req.path().to_string();
+    let request = ToolRequest {
+        path: path.clone(),
+        id: req
+            .headers()
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        signature_ok: signature_ok(&req, &body),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    };
+    state.lock().unwrap().requests.push(request);
+    match path.as_str() {
+        "/lookup_order" => {
+            // Both lookups of one response must be in flight at once: answer when the second
+            // has arrived (or say it never did).
+            state.lock().unwrap().in_flight += 1;
+            let deadline = std::time::Instant::now() + PATIENCE;
+            let together = loop {
+                if state.lock().unwrap().in_flight >= 2 {
+                    break true;
+                }
+                if std::time::Instant::now() > deadline {
+                    break false;
+                }
+                actix_web::rt::time::sleep(std::time::Duration::from_millis(5)).await;
+            };
+            actix_web::HttpResponse::Ok().json(json!({"status": "shipped", "together": together}))
+        }
+        "/slow" => {
+            actix_web::rt::time::sleep(std::time::Duration::from_secs(3)).await;
+            actix_web::HttpResponse::Ok().body("too late")
+        }
+        _ => actix_web::HttpResponse::InternalServerError().body("boom"),
+    }
+}
+
+#[actix_web::test]
+async fn tools_reach_the_business_signed_concurrently_and_their_answers_reach_the_model() {
+    let (model, twilio) = (
+        FakeRealtime::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let state: ToolState = Default::default();
+    let data = actix_web::web::Data::new(state.clone());
+    let tools = serve_peer(move |cfg| {
+        cfg.app_data(data.clone())
+            .default_service(actix_web::web::post().to(tool_endpoint));
+    });
+    let file = format!(
+        r#"
+[agents.shop]
+default = true
+instructions = "You help with orders."
+
+[[agents.shop.tools]]
+name = "lookup_order"
+description = "Look up an order."
+url = "http://{tools}/lookup_order"
+parameters = {{ type = "object", properties = {{ order_number = {{ type = "string" }} }} }}
+
+[[agents.shop.tools]]
+name = "slow"
+description = "Takes its time."
+url = "http://{tools}/slow"
+timeout_ms = 300
+
+[[agents.shop.tools]]
+name = "broken"
+description = "Fails."
+url = "http://{tools}/broken"
+"#
+    );
+    let mut config = agent_config(&model.url);
+    config.agents = Arc::new(agents(&file));
+    config.webhook_secret =
+        Some(callvisor::webhooks::WebhookSecret::parse(WEBHOOK_SECRET).unwrap());
+    let base = twilio.base.clone();
+    let app = spawn_app_with(move |c| {
+        c.handler = HandlerKind::OpenAi(Arc::new(config));
+        c.twilio_api_base_url = base;
+        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
+    })
+    .await;
+    let sid = stream_sid_for("CAtools");
+    let mut call = app.start_call("CAtools").await;
+    model.wait_for("session.update", 1).await;
+
+    // Two lookups in one response: both sent at once, each answer to the model, then one
+    // response.create once the response is done and both are in.
+    model.speech_stopped().await;
+    model
+        .tool_call_with("lookup_order", "call_a1", json!({"order_number": "A1"}))
+        .await;
+    model
+        .tool_call_with("lookup_order", "call_b2", json!({"order_number": "B2"}))
+        .await;
+    model.finish_response().await;
+    let first = model.wait_for("conversation.item.create", 1).await;
+    let second = model.wait_for("conversation.item.create", 2).await;
+    model.wait_for("response.create", 1).await;
+    for output in [&first, &second] {
+        assert_eq!(output["item"]["type"], "function_call_output");
+        let answer: Value =
+            serde_json::from_str(output["item"]["output"].as_str().unwrap()).unwrap();
+        assert_eq!(answer, json!({"status": "shipped", "together": true}));
+    }
+    let seen = state.lock().unwrap().requests.clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for request in &seen {
+        assert!(request.signature_ok, "{request:?}");
+        assert_eq!(request.path, "/lookup_order");
+        assert_eq!(request.body["call_sid"], "CAtools");
+        assert_eq!(request.body["agent"], "shop");
+        assert_eq!(request.body["tool"], "lookup_order");
+        assert_eq!(request.id, request.body["call_id"].as_str().unwrap());
+    }
+    let mut orders: Vec<_> = seen
+        .iter()
+        .map(|r| {
+            r.body["arguments"]["order_number"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    orders.sort();
+    assert_eq!(orders, ["A1", "B2"]);
+
+    // A slow tool (past its timeout_ms) and a failing one are told to the model as errors; the
+    // call goes on.
+    model.speech_stopped().await;
+    model.tool_call_with("slow", "call_s", json!({})).await;
+    model.tool_call_with("broken", "call_x", json!({})).await;
+    model.finish_response().await;
+    let mut errors = Vec::new();
+    for n in 3..=4 {
+        let output = model.wait_for("conversation.item.create", n).await;
+        errors.push(output["item"]["output"].as_str().unwrap().to_string());
+    }
+    errors.sort();
+    assert!(errors[0].contains("HTTP 500"), "{errors:?}");
+    assert!(errors[1].contains("did not answer in time"), "{errors:?}");
+    model.wait_for("response.create", 2).await;
+    call.media(&sid, 1, "AAAA").await;
+    model.wait_for("input_audio_buffer.append", 1).await;
+    assert_eq!(
+        model
+            .types()
+            .iter()
+            .filter(|t| *t == "response.create")
+            .count(),
+        2,
+        "one response.create per response that called tools"
+    );
+    assert!(twilio.updates().is_empty(), "the call goes on");
+    call.stop(&sid, "CAtools").await;
+    assert_eq!(call.expect_close().await.0, 1000);
+    let m = scrape(&app).await;
+    assert_eq!(
+        metric(
+            &m,
+            "callvisor_agent_tool_requests_total{name=lookup_order,outcome=ok}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "callvisor_agent_tool_requests_total{name=slow,outcome=timeout}"
+        ),
+        1.0
+    );
+    assert!(model.errors().is_empty(), "{:#?}", model.errors());
+}

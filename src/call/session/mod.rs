@@ -5,13 +5,15 @@
 //!
 //! - `protocol.rs`: the Twilio stream protocol (inbound frames, the bounded outbound queue);
 //! - `upstream.rs`: the app's upstream WebSocket as the call drives it;
-//! - `control.rs`: ending a call through Twilio's REST API.
+//! - `control.rs`: ending a call through Twilio's REST API;
+//! - `http.rs`: an app's HTTP requests (the agent's tools).
 //!
 //! The call's [`CallSlot`] is a field, so the slot is released when the actor stops, whatever
 //! stopped it; the actor does not stop while a REST request of the call is in flight, so a drain
 //! waits for it.
 
 mod control;
+mod http;
 mod protocol;
 mod upstream;
 
@@ -458,6 +460,11 @@ impl CallSession {
                 self.requests.close_upstream = Some((code, reason));
             } else {
                 self.close_upstream(code, &reason);
+            }
+        }
+        for post in std::mem::take(&mut self.requests.http) {
+            if !self.is_closing() {
+                self.http_post(post, ctx);
             }
         }
         if let Some(end) = self.requests.end.take() {

@@ -47,9 +47,11 @@ use crate::call::handler::{
 use crate::config::AgentConfig;
 use crate::twilio::signature::BOUND_PARAM;
 
-use self::agents::{Agent, Destination};
+use self::agents::{Agent, Destination, Tool};
+use crate::call::handler::{HttpAnswer, HttpPost};
 use crate::metrics::Metrics;
 use crate::twilio::messages::Start;
+use crate::twilio::signature::unix_now;
 
 /// What the caller hears when the model goes away mid-call.
 pub const APOLOGY: &str = "Sorry, the assistant is unavailable right now. Please call again later.";
@@ -113,6 +115,8 @@ pub struct OpenAiAgent {
     early_audio: VecDeque<String>,
     early_bytes: u64,
     responses: Responses,
+    /// The agent's own tools' requests (to the business).
+    tools: Tools,
     /// A response the caller talked over: its deltas still in flight are dropped.
     interrupted: Option<String>,
     /// Items with audio at Twilio, oldest first; marks sent and not yet returned, oldest first.
@@ -146,6 +150,7 @@ impl OpenAiAgent {
             early_audio: VecDeque::new(),
             early_bytes: 0,
             responses: Responses::default(),
+            tools: Tools::default(),
             interrupted: None,
             items: VecDeque::new(),
             marks: VecDeque::new(),
@@ -234,7 +239,8 @@ impl OpenAiAgent {
 
     /// Asks for a response now, or after the active one is done.
     fn request_response(&mut self, call: &mut Call<'_>) {
-        if self.responses.active {
+        // After a response that called tools, the next waits for every tool's output.
+        if self.responses.active || !self.tools.pending.is_empty() {
             self.responses.wanted = true;
             return;
         }
@@ -295,7 +301,7 @@ impl OpenAiAgent {
         if self.ending {
             return self.hang_up_when_played(call);
         }
-        if std::mem::take(&mut self.responses.wanted) {
+        if self.tools.pending.is_empty() && std::mem::take(&mut self.responses.wanted) {
             self.request_response(call);
         }
     }
@@ -388,22 +394,101 @@ impl OpenAiAgent {
     fn on_tool_call(&mut self, item: &Value, call: &mut Call<'_>) {
         let name = item["name"].as_str().unwrap_or("");
         agent_log!(call, Info, "agent: tool call {name}");
-        let label = match name {
-            "end_call" => "end_call",
-            "transfer_call" => "transfer_call",
-            _ => "other",
+        // Bounded labels: the built-in tools and the agent's own (from its file).
+        let tool = self.agent.tool(name).cloned();
+        let label = match (name, &tool) {
+            ("end_call" | "transfer_call", _) | (_, Some(_)) => name.to_string(),
+            _ => "other".to_string(),
         };
         self.metrics
             .agent_tool_calls
             .get_or_create(&[("name", label)])
             .inc();
-        match name {
-            "end_call" => {
+        match (name, tool) {
+            ("end_call", _) => {
                 self.ending = true;
                 self.hang_up_when_played(call);
             }
-            "transfer_call" => self.transfer(item, call),
-            _ => self.tool_output(call, item, "unknown tool"),
+            ("transfer_call", _) => self.transfer(item, call),
+            (_, Some(tool)) => self.call_tool(&tool, item, call),
+            _ => {
+                let output = json!({"error": format!("unknown tool {name:?}")}).to_string();
+                self.tool_output(call, item, &output);
+            }
+        }
+    }
+
+    /// One of the agent's own tools: its call POSTed to the business, signed (Standard
+    /// Webhooks, `webhook-id` = the call_id); the answer goes back to the model as the tool's
+    /// output (`on_http`). At most [`MAX_TOOLS_IN_FLIGHT`] per call at once, the rest wait.
+    fn call_tool(&mut self, tool: &Tool, item: &Value, call: &mut Call<'_>) {
+        let call_id = item["call_id"].as_str().unwrap_or("").to_string();
+        let arguments = match item["arguments"]
+            .as_str()
+            .map(serde_json::from_str::<Value>)
+        {
+            Some(Ok(arguments)) => arguments,
+            _ => {
+                let output = json!({"error": "the arguments are not JSON"}).to_string();
+                return self.tool_output(call, item, &output);
+            }
+        };
+        let body = json!({"call_sid": call.call_sid(), "agent": self.agent.name, "tool": tool.name,
+                          "call_id": call_id, "arguments": arguments})
+        .to_string();
+        let Some(secret) = &self.config.webhook_secret else {
+            // The configuration refuses tools without WEBHOOK_SECRET: not reached.
+            let output = json!({"error": "the tool is not configured"}).to_string();
+            return self.tool_output(call, item, &output);
+        };
+        let signed = match secret.headers(&call_id, &body, unix_now()) {
+            Ok(signed) => signed,
+            Err(e) => {
+                let output = json!({"error": format!("bad call_id: {e}")}).to_string();
+                return self.tool_output(call, item, &output);
+            }
+        };
+        let mut headers: Vec<(String, String)> = signed
+            .pairs()
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        headers.push(("content-type".into(), "application/json".into()));
+        self.tools.next_id += 1;
+        let post = HttpPost {
+            id: self.tools.next_id,
+            url: tool.url.clone(),
+            headers,
+            body,
+            timeout: tool.timeout,
+        };
+        self.tools.pending.push(PendingTool {
+            id: post.id,
+            call_id,
+            name: tool.name.clone(),
+            started: None,
+        });
+        self.tools.waiting.push_back(post);
+        self.start_tools(call);
+    }
+
+    /// Starts waiting tool requests while fewer than [`MAX_TOOLS_IN_FLIGHT`] run.
+    fn start_tools(&mut self, call: &mut Call<'_>) {
+        while self
+            .tools
+            .pending
+            .iter()
+            .filter(|t| t.started.is_some())
+            .count()
+            < MAX_TOOLS_IN_FLIGHT
+        {
+            let Some(post) = self.tools.waiting.pop_front() else {
+                break;
+            };
+            if let Some(pending) = self.tools.pending.iter_mut().find(|t| t.id == post.id) {
+                pending.started = Some(Instant::now());
+            }
+            call.http_post(post);
         }
     }
 
@@ -511,6 +596,26 @@ impl OpenAiAgent {
         }
     }
 }
+
+/// A tool request of this call, waiting or running.
+struct PendingTool {
+    id: u64,
+    call_id: String,
+    name: String,
+    /// When it was sent (`None`: waiting for a free slot).
+    started: Option<Instant>,
+}
+
+/// The agent's own tools in flight.
+#[derive(Default)]
+struct Tools {
+    next_id: u64,
+    pending: Vec<PendingTool>,
+    waiting: VecDeque<HttpPost>,
+}
+
+/// Tool requests one call runs at once.
+pub const MAX_TOOLS_IN_FLIGHT: usize = 4;
 
 impl CallHandler for OpenAiAgent {
     fn on_start(&mut self, start: &Start, call: &mut Call<'_>) -> Result<(), HandlerError> {
@@ -645,6 +750,60 @@ impl CallHandler for OpenAiAgent {
                 call.say_and_hang_up(APOLOGY);
             }
         }
+        Ok(())
+    }
+
+    fn on_http(
+        &mut self,
+        id: u64,
+        answer: HttpAnswer,
+        call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        let Some(at) = self.tools.pending.iter().position(|t| t.id == id) else {
+            return Ok(());
+        };
+        let tool = self.tools.pending.remove(at);
+        let took = tool.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let (outcome, output) = match answer {
+            HttpAnswer::Answered { status, body } if (200..300).contains(&status) => {
+                ("ok", String::from_utf8_lossy(&body).into_owned())
+            }
+            HttpAnswer::Answered { status, .. } => (
+                "error",
+                json!({"error": format!("the tool answered HTTP {status}")}).to_string(),
+            ),
+            HttpAnswer::TimedOut => (
+                "timeout",
+                json!({"error": "the tool did not answer in time"}).to_string(),
+            ),
+            HttpAnswer::Failed(why) => (
+                "error",
+                json!({"error": format!("the tool could not be reached: {why}")}).to_string(),
+            ),
+        };
+        agent_log!(
+            call,
+            Info,
+            "agent: tool {} ({}) {outcome} in {} ms",
+            tool.name,
+            tool.call_id,
+            (took * 1000.0) as u64
+        );
+        self.metrics
+            .agent_tool_requests
+            .get_or_create(&[
+                ("name", tool.name.clone()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+        self.metrics.agent_tool_seconds.observe(took);
+        self.send(
+            call,
+            json!({"type": "conversation.item.create",
+                   "item": {"type": "function_call_output", "call_id": tool.call_id, "output": output}}),
+        );
+        self.start_tools(call);
+        self.request_response(call);
         Ok(())
     }
 
