@@ -2,7 +2,7 @@
 """callvisor's benchmark: the release server pinned to one core, callsim pinned to another.
 
 For each step (a number of concurrent echo calls) it starts a fresh server, places the calls
-with callsim and prints: echo round trip p99, lost frames, callsim's send lag, server CPU
+with callsim and prints: echo round trip p50 and p99, lost frames, callsim's send lag, server CPU
 microseconds per inbound media frame, and server RSS per live call. The 1,000-call step (or the
 largest below it) also times `/` and the webhook while the calls are live. Then it measures the
 webhook's throughput with wrk (when installed) and the time from process start to the first 200.
@@ -167,6 +167,7 @@ def run_step(calls, args, time_endpoints, bridge=False):
         "live": live,
         "connected": s["connected"],
         "failed": s["failed"],
+        "rtt_p50": s["echo_rtt_ms"]["p50"] if s["echo_rtt_ms"] else None,
         "rtt_p99": s["echo_rtt_ms"]["p99"] if s["echo_rtt_ms"] else None,
         "lost": s["frames"]["lost"],
         "sent": s["frames"]["sent"],
@@ -244,14 +245,16 @@ def main():
 
     timed_step = max([s for s in args.steps if s <= 1000] or [min(args.steps)])
     results = []
-    header = (f"{'mode':>6} {'calls':>6} {'live':>6} {'failed':>6} {'echo p99':>9} {'lost':>6} "
+    header = (f"{'mode':>6} {'calls':>6} {'live':>6} {'failed':>6} {'echo p50':>9} {'echo p99':>9} "
+              f"{'lost':>6} "
               f"{'sim lag p99':>11} {'CPU us/frame':>12} {'server CPU':>10} {'steal':>5} {'RSS/call':>9}")
     print(header)
     modes = [False, True] if args.handler == "bridge" else [False]
     for calls, bridge in ((c, b) for c in args.steps for b in modes):
         r = run_step(calls, args, calls == timed_step and not bridge, bridge)
         results.append(r)
-        print(f"{r['mode']:>6} {r['calls']:>6} {r['live']:>6} {r['failed']:>6} {fmt(r['rtt_p99'], '>7.2f')}ms "
+        print(f"{r['mode']:>6} {r['calls']:>6} {r['live']:>6} {r['failed']:>6} "
+              f"{fmt(r['rtt_p50'], '>7.2f')}ms {fmt(r['rtt_p99'], '>7.2f')}ms "
               f"{r['lost']:>6} {fmt(r['lag_p99'], '>9.2f')}ms {fmt(r['cpu_us_per_frame'], '>12.1f')} "
               f"{fmt(r['server_cpu_pct'], '>9.0f')}% {r['steal_pct']:>4.0f}% "
               f"{fmt(r['rss_kib_per_call'], '>6.1f')}KiB",

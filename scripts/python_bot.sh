@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A real Python Twilio bot behind HANDLER=bridge (scripts/python_bot.py has the checks).
+# A real Python Twilio bot, called straight and behind HANDLER=bridge: what callvisor adds to its
+# echo (scripts/python_bot.py has the checks).
 # Installs the bot's one dependency, `websockets`, from PyPI when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
