@@ -74,6 +74,10 @@ pub const DEFAULT_AGENT_VOICE: &str = "alloy";
 pub const ENV_AGENT_GREETING: &str = "AGENT_GREETING";
 pub const ENV_AGENT_TRANSFER_NUMBER: &str = "AGENT_TRANSFER_NUMBER";
 pub const ENV_AGENT_DTMF: &str = "AGENT_DTMF";
+/// Per-call configuration by the business's backend (`docs/agents.md`).
+pub const ENV_AGENT_CONFIG_URL: &str = "AGENT_CONFIG_URL";
+pub const ENV_AGENT_CONFIG_TIMEOUT_MS: &str = "AGENT_CONFIG_TIMEOUT_MS";
+pub const DEFAULT_AGENT_CONFIG_TIMEOUT_MS: u64 = 1500;
 pub const ENV_AGENT_CONNECT_TIMEOUT_SECS: &str = "AGENT_CONNECT_TIMEOUT_SECS";
 /// The agents file (TOML, docs/agents.md): several agents, chosen by the number called. Without
 /// it, the `AGENT_*` variables make one agent.
@@ -114,6 +118,10 @@ pub struct AgentConfig {
     /// `WEBHOOK_SECRET`: signs the requests to the business (tools, per-call configuration);
     /// always set when an agent has a tool.
     pub webhook_secret: Option<WebhookSecret>,
+    /// `AGENT_CONFIG_URL`: POSTed at each call's start for per-call settings (signed).
+    pub config_url: Option<String>,
+    /// `AGENT_CONFIG_TIMEOUT_MS`: how long a call waits for that answer.
+    pub config_timeout: Duration,
     /// `AGENT_CONNECT_TIMEOUT_SECS`: how long the model's handshake may take before the call is
     /// given up to another replica.
     pub connect_timeout: Duration,
@@ -585,9 +593,35 @@ fn agent_config(get: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, Con
         agents,
         webhook_secret,
     } = agents_setup(get, get(ENV_AGENTS_FILE).as_deref().map(str::trim))?;
+    let config_url = match get(ENV_AGENT_CONFIG_URL).map(|v| v.trim().to_string()) {
+        Some(v) if valid_base_url(&v) => Some(v),
+        Some(v) => {
+            return Err(ConfigError {
+                variable: ENV_AGENT_CONFIG_URL,
+                value: v,
+                expected: "an http:// or https:// URL without a query".into(),
+            })
+        }
+        None => None,
+    };
+    let config_timeout = Duration::from_millis(match get(ENV_AGENT_CONFIG_TIMEOUT_MS) {
+        None => DEFAULT_AGENT_CONFIG_TIMEOUT_MS,
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if (1..=10_000).contains(&ms) => ms,
+            _ => {
+                return Err(ConfigError {
+                    variable: ENV_AGENT_CONFIG_TIMEOUT_MS,
+                    value: v,
+                    expected: "milliseconds from 1 to 10000".into(),
+                })
+            }
+        },
+    });
     Ok(AgentConfig {
         api_key,
         url,
+        config_url,
+        config_timeout,
         connect_timeout,
         agents: Arc::new(agents),
         webhook_secret,
@@ -699,6 +733,18 @@ pub fn agents_setup(
                  (docs/security.md)",
                 agent.name,
                 tool.name,
+                crate::webhooks::MIN_KEY_BYTES
+            )
+            .into(),
+        }));
+    }
+    if get(ENV_AGENT_CONFIG_URL).is_some() && webhook_secret.is_none() {
+        return Err(variable(ConfigError {
+            variable: ENV_WEBHOOK_SECRET,
+            value: String::new(),
+            expected: format!(
+                "{ENV_AGENT_CONFIG_URL} is POSTed each call signed with it (Standard Webhooks): \
+                 set whsec_ and the base64 of at least {} random bytes (docs/security.md)",
                 crate::webhooks::MIN_KEY_BYTES
             )
             .into(),
@@ -1282,6 +1328,43 @@ dtmf = "off"
                 && missing.to_string().contains("TWILIO_AUTH_TOKEN"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn agent_config_url_is_a_url_with_a_secret_and_a_bounded_timeout() {
+        let base = [
+            ("HANDLER", "openai"),
+            ("OPENAI_API_KEY", "k"),
+            ("TWILIO_API_KEY_SID", "SK0123456789abcdef0123456789abcdef"),
+            ("TWILIO_API_KEY_SECRET", "s"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            parse(&all)
+        };
+        let secret = ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let url = ("AGENT_CONFIG_URL", "https://api.example.com/voice/config");
+        let c = with(&[url, secret, ("AGENT_CONFIG_TIMEOUT_MS", "900")]).unwrap();
+        let HandlerKind::OpenAi(agent) = &c.handler else {
+            panic!("{:?}", c.handler)
+        };
+        assert_eq!(agent.config_url.as_deref(), Some(url.1));
+        assert_eq!(agent.config_timeout, Duration::from_millis(900));
+        let c = with(&[url, secret]).unwrap();
+        let HandlerKind::OpenAi(agent) = &c.handler else {
+            panic!("{:?}", c.handler)
+        };
+        assert_eq!(agent.config_timeout, Duration::from_millis(1500));
+        assert_eq!(with(&[url]).unwrap_err().variable, "WEBHOOK_SECRET");
+        for bad in ["ftp://x", "https://x/?q=1", "x"] {
+            let err = with(&[("AGENT_CONFIG_URL", bad), secret]).unwrap_err();
+            assert_eq!(err.variable, "AGENT_CONFIG_URL", "{bad}");
+        }
+        for bad in ["0", "10001", "1.5"] {
+            let err = with(&[url, secret, ("AGENT_CONFIG_TIMEOUT_MS", bad)]).unwrap_err();
+            assert_eq!(err.variable, "AGENT_CONFIG_TIMEOUT_MS", "{bad}");
+        }
     }
 
     #[test]

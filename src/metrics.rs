@@ -62,6 +62,8 @@ pub struct Metrics {
     /// The agent's own tools' requests to the business, by tool and outcome, and their time.
     pub agent_tool_requests: Family<NamedLabels<2>, Counter>,
     pub agent_tool_seconds: Histogram,
+    /// `AGENT_CONFIG_URL`'s answers, by outcome (ok, error, timeout, malformed).
+    pub agent_config: Family<Label, Counter>,
     pub agent_model_errors: Family<Label, Counter>,
 }
 
@@ -98,6 +100,7 @@ impl Metrics {
         let agent_barge_ins = Counter::default();
         let agent_tool_calls = Family::default();
         let agent_tool_requests = Family::default();
+        let agent_config = Family::default();
         let agent_tool_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let agent_model_errors = Family::default();
 
@@ -219,6 +222,11 @@ impl Metrics {
             agent_tool_seconds.clone(),
         );
         r.register(
+            "agent_config",
+            "Voice agent: AGENT_CONFIG_URL's answers, by outcome (ok, error, timeout, malformed)",
+            agent_config.clone(),
+        );
+        r.register(
             "agent_model_errors",
             "Voice agent: error events from the model, by type",
             agent_model_errors.clone(),
@@ -249,6 +257,7 @@ impl Metrics {
             agent_tool_calls,
             agent_tool_requests,
             agent_tool_seconds,
+            agent_config,
             agent_model_errors,
         }
     }

@@ -59,6 +59,10 @@ pub fn agent_config(url: &str) -> callvisor::config::AgentConfig {
             instructions,
         ))),
         webhook_secret: None,
+        config_url: None,
+        config_timeout: std::time::Duration::from_millis(
+            callvisor::config::DEFAULT_AGENT_CONFIG_TIMEOUT_MS,
+        ),
         // Production's: a test of a slow handshake sets its own.
         connect_timeout: std::time::Duration::from_secs(
             callvisor::config::DEFAULT_AGENT_CONNECT_TIMEOUT_SECS,

@@ -541,3 +541,115 @@ url = "http://{tools}/broken"
     );
     assert!(model.errors().is_empty(), "{:#?}", model.errors());
 }
+
+/// What the config backend was asked: whether the signature verified, and the body.
+type Asked = std::sync::Arc<std::sync::Mutex<Vec<(bool, Value)>>>;
+
+/// A business backend for `AGENT_CONFIG_URL`: its answer by the call's `To`, after checking the
+/// signature; what it was asked.
+async fn config_endpoint(
+    req: actix_web::HttpRequest,
+    body: actix_web::web::Bytes,
+    seen: actix_web::web::Data<Asked>,
+) -> actix_web::HttpResponse {
+    let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    seen.lock()
+        .unwrap()
+        .push((signature_ok(&req, &body), asked.clone()));
+    match asked["to"].as_str().unwrap_or("") {
+        "+15550001111" => actix_web::HttpResponse::Ok().json(json!({
+            "instructions": "VIP line for {{customer}} calling from {{From}}.",
+            "greeting": "Welcome back, {{customer}}.",
+            "voice": "sage",
+            "variables": {"customer": "Ada"}})),
+        "+15550002222" => {
+            actix_web::rt::time::sleep(std::time::Duration::from_secs(3)).await;
+            actix_web::HttpResponse::Ok().json(json!({"instructions": "too late"}))
+        }
+        _ => actix_web::HttpResponse::InternalServerError().finish(),
+    }
+}
+
+#[actix_web::test]
+async fn agent_config_url_configures_each_call_and_a_slow_or_failing_one_leaves_the_agents_own() {
+    let (model, twilio) = (
+        FakeRealtime::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let seen: Asked = Default::default();
+    let data = actix_web::web::Data::new(seen.clone());
+    let backend = serve_peer(move |cfg| {
+        cfg.app_data(data.clone())
+            .default_service(actix_web::web::post().to(config_endpoint));
+    });
+    let mut config = agent_config(&model.url);
+    config.agents = Arc::new(agents(AGENTS));
+    config.webhook_secret =
+        Some(callvisor::webhooks::WebhookSecret::parse(WEBHOOK_SECRET).unwrap());
+    config.config_url = Some(format!("http://{backend}/voice/config"));
+    config.config_timeout = std::time::Duration::from_millis(300);
+    let base = twilio.base.clone();
+    let app = spawn_app_with(move |c| {
+        c.handler = HandlerKind::OpenAi(Arc::new(config));
+        c.twilio_auth_token = Some(TOKEN.into());
+        c.twilio_api_base_url = base;
+        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
+    })
+    .await;
+    // support: the backend answers; sales: too slow; another number (support): a 500.
+    for (n, (call_sid, to)) in [
+        ("CAvip", "+15550001111"),
+        ("CAslow", "+15550002222"),
+        ("CAfail", "+15559999999"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let twiml = parse_twiml(&webhook_for(&app, call_sid, to).await);
+        let mut call = stream_for(&app, call_sid, &twiml, |_| {}).await;
+        let update = model.wait_for("session.update", n + 1).await;
+        let greeting = model.wait_for("conversation.item.create", n + 1).await;
+        let said = greeting["item"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let session = &update["session"];
+        match call_sid {
+            "CAvip" => {
+                assert_eq!(
+                    session["instructions"],
+                    "VIP line for Ada calling from +14155550100."
+                );
+                assert_eq!(session["audio"]["output"]["voice"], "sage");
+                assert!(said.contains("Welcome back, Ada."), "{said}");
+            }
+            "CAslow" => {
+                assert_eq!(session["instructions"], "Sales for +14155550100, now.");
+                assert_eq!(session["audio"]["output"]["voice"], "marin");
+                assert!(said.contains("Sales here."), "{said}");
+            }
+            _ => {
+                assert_eq!(session["instructions"], "Support for +14155550100.");
+                assert!(said.contains("Support here."), "{said}");
+            }
+        }
+        call.stop(&stream_sid_for(call_sid), call_sid).await;
+        assert_eq!(call.expect_close().await.0, 1000);
+    }
+    let asked = seen.lock().unwrap().clone();
+    assert_eq!(asked.len(), 3);
+    for (signed, body) in &asked {
+        assert!(signed, "{body}");
+        assert_eq!(body["from"], "+14155550100");
+        assert_eq!(body["account_sid"], "ACtest");
+        assert_eq!(body["parameters"]["To"], body["to"]);
+    }
+    assert_eq!(asked[0].1["agent"], "support");
+    assert_eq!(asked[1].1["agent"], "sales");
+    let m = scrape(&app).await;
+    for (outcome, n) in [("ok", 1.0), ("timeout", 1.0), ("error", 1.0)] {
+        let key = format!("callvisor_agent_config_total{{outcome={outcome}}}");
+        assert_eq!(metric(&m, &key), n, "{outcome}");
+    }
+    assert!(model.errors().is_empty(), "{:#?}", model.errors());
+}

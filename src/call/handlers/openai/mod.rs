@@ -105,6 +105,14 @@ pub struct OpenAiAgent {
     agent: Arc<Agent>,
     /// Its greeting with the call's placeholders filled (none after a hand-off).
     greeting: Option<String>,
+    /// What this call runs, before placeholders: the agent's, or `AGENT_CONFIG_URL`'s answer.
+    per_call: PerCall,
+    /// The stream's parameters (`From`, `To`, `attempt`, …), for placeholders.
+    params: std::collections::BTreeMap<String, String>,
+    /// `AGENT_CONFIG_URL`'s answer is awaited: the session is configured once it is in.
+    config_waiting: bool,
+    /// The model's socket is open (the session may still wait for the per-call config).
+    socket_open: bool,
     metrics: Metrics,
     /// When the model's socket was asked for (connect time).
     connecting: Option<Instant>,
@@ -143,6 +151,10 @@ impl OpenAiAgent {
             instructions: String::new(),
             agent,
             greeting: None,
+            per_call: PerCall::default(),
+            params: Default::default(),
+            config_waiting: false,
+            socket_open: false,
             config,
             metrics,
             connecting: None,
@@ -229,7 +241,7 @@ impl OpenAiAgent {
                 "output_modalities": ["audio"],
                 "audio": {
                     "input": input,
-                    "output": {"format": {"type": "audio/pcmu"}, "voice": agent.voice},
+                    "output": {"format": {"type": "audio/pcmu"}, "voice": self.per_call.voice},
                 },
                 "instructions": self.instructions,
                 "tools": tools,
@@ -565,8 +577,75 @@ impl OpenAiAgent {
         }
     }
 
+    /// With `AGENT_CONFIG_URL`: asks the business for this call's settings, signed, in
+    /// parallel with the model's handshake; the session waits for the answer at most
+    /// `AGENT_CONFIG_TIMEOUT_MS`.
+    fn ask_config(&mut self, start: &Start, call: &mut Call<'_>) {
+        let (Some(url), Some(secret)) = (&self.config.config_url, &self.config.webhook_secret)
+        else {
+            return;
+        };
+        let params = &start.custom_parameters;
+        let body = json!({"call_sid": start.call_sid, "account_sid": start.account_sid,
+            "from": params.get("From"), "to": params.get("To"), "agent": self.agent.name,
+            "parameters": params})
+        .to_string();
+        // One id per call attempt: the same on a retry of it, another after a hand-off.
+        let attempt = params.get("attempt").map_or("1", String::as_str);
+        let id: String = format!("cfg_{}_{attempt}", start.call_sid)
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let Ok(signed) = secret.headers(&id, &body, unix_now()) else {
+            return;
+        };
+        let mut headers: Vec<(String, String)> = signed
+            .pairs()
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        headers.push(("content-type".into(), "application/json".into()));
+        self.config_waiting = true;
+        call.http_post(HttpPost {
+            id: CONFIG_REQUEST,
+            url: url.clone(),
+            headers,
+            body,
+            timeout: self.config.config_timeout,
+        });
+    }
+
+    /// `AGENT_CONFIG_URL` answered (or timed out): a 200 with a JSON object replaces what it
+    /// names; anything else keeps the agent's own settings.
+    fn config_answered(&mut self, answer: HttpAnswer, call: &mut Call<'_>) {
+        self.config_waiting = false;
+        let outcome = match answer {
+            HttpAnswer::Answered { status: 200, body } => match PerCallAnswer::parse(&body) {
+                Some(answer) => {
+                    answer.apply(&mut self.per_call);
+                    "ok"
+                }
+                None => "malformed",
+            },
+            HttpAnswer::Answered { .. } | HttpAnswer::Failed(_) => "error",
+            HttpAnswer::TimedOut => "timeout",
+        };
+        if outcome != "ok" {
+            agent_log!(
+                call,
+                Warn,
+                "agent: AGENT_CONFIG_URL's answer is {outcome}: the agent's own settings apply"
+            );
+        }
+        self.metrics
+            .agent_config
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+        self.configure(call);
+    }
+
     fn model_opened(&mut self, call: &mut Call<'_>) {
-        self.open = true;
+        self.socket_open = true;
         if let Some(started) = self.connecting.take() {
             let took = started.elapsed();
             self.metrics.agent_connect.observe(took.as_secs_f64());
@@ -577,6 +656,24 @@ impl OpenAiAgent {
                 took.as_millis()
             );
         }
+        self.configure(call);
+    }
+
+    /// Configures the model's session once its socket is open and the per-call configuration
+    /// (if any) is in: `session.update`, the caller's audio so far, the greeting.
+    fn configure(&mut self, call: &mut Call<'_>) {
+        if self.open || !self.socket_open || self.config_waiting {
+            return;
+        }
+        self.open = true;
+        let (params, variables) = (&self.params, &self.per_call.variables);
+        self.instructions = fill_placeholders(&self.per_call.instructions, params, variables, call);
+        self.greeting = self
+            .per_call
+            .greeting
+            .as_ref()
+            .filter(|_| self.per_call.greet)
+            .map(|g| fill_placeholders(g, params, variables, call));
         let update = self.session_update();
         self.send(call, update);
         if !self.early_audio.is_empty() {
@@ -593,6 +690,52 @@ impl OpenAiAgent {
         self.early_bytes = 0;
         if let Some(greeting) = self.greeting.clone() {
             self.user_text(call, &format!("Greet the caller with: {greeting}"));
+        }
+    }
+}
+
+/// The `on_http` id of the per-call configuration request (tools count from 1).
+const CONFIG_REQUEST: u64 = 0;
+
+/// What a call runs, before its placeholders are filled.
+#[derive(Default)]
+struct PerCall {
+    instructions: String,
+    /// Whether this call greets (not after a hand-off: the caller was greeted).
+    greet: bool,
+    greeting: Option<String>,
+    voice: String,
+    /// Values for placeholders, before the stream's parameters.
+    variables: std::collections::BTreeMap<String, String>,
+}
+
+/// `AGENT_CONFIG_URL`'s answer: each field present replaces the agent's.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PerCallAnswer {
+    instructions: Option<String>,
+    greeting: Option<String>,
+    voice: Option<String>,
+    variables: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl PerCallAnswer {
+    fn parse(body: &[u8]) -> Option<PerCallAnswer> {
+        serde_json::from_slice(body).ok()
+    }
+
+    fn apply(self, per_call: &mut PerCall) {
+        if let Some(instructions) = self.instructions {
+            per_call.instructions = instructions;
+        }
+        if let Some(greeting) = self.greeting {
+            per_call.greeting = Some(greeting);
+        }
+        if let Some(voice) = self.voice {
+            per_call.voice = voice;
+        }
+        if let Some(variables) = self.variables {
+            per_call.variables = variables;
         }
     }
 }
@@ -631,17 +774,19 @@ impl CallHandler for OpenAiAgent {
             self.agent = agent.clone();
         }
         agent_log!(call, Info, "agent: {} answers", self.agent.name);
-        self.instructions = fill_placeholders(&self.agent.instructions, params, call);
+        self.params = params.clone();
         let greet = params
             .get("attempt")
             .and_then(|a| a.parse::<u32>().ok())
             .is_none_or(|attempt| attempt <= 1);
-        self.greeting = self
-            .agent
-            .greeting
-            .as_ref()
-            .filter(|_| greet)
-            .map(|g| fill_placeholders(g, params, call));
+        self.per_call = PerCall {
+            instructions: self.agent.instructions.clone(),
+            greet,
+            greeting: self.agent.greeting.clone(),
+            voice: self.agent.voice.clone(),
+            variables: Default::default(),
+        };
+        self.ask_config(start, call);
         self.connecting = Some(Instant::now());
         let sep = if self.config.url.contains('?') {
             '&'
@@ -759,6 +904,10 @@ impl CallHandler for OpenAiAgent {
         answer: HttpAnswer,
         call: &mut Call<'_>,
     ) -> Result<(), HandlerError> {
+        if id == CONFIG_REQUEST {
+            self.config_answered(answer, call);
+            return Ok(());
+        }
         let Some(at) = self.tools.pending.iter().position(|t| t.id == id) else {
             return Ok(());
         };
@@ -825,6 +974,7 @@ impl CallHandler for OpenAiAgent {
 fn fill_placeholders(
     template: &str,
     params: &std::collections::BTreeMap<String, String>,
+    variables: &std::collections::BTreeMap<String, String>,
     call: &Call<'_>,
 ) -> String {
     let mut out = String::with_capacity(template.len());
@@ -836,7 +986,7 @@ fn fill_placeholders(
             return out;
         };
         let name = rest[open + 2..open + 2 + close].trim();
-        match params.get(name) {
+        match variables.get(name).or_else(|| params.get(name)) {
             Some(value) => out.push_str(value),
             None => agent_log!(call, Warn, "agent: no value for {{{{{name}}}}}: removed"),
         }
