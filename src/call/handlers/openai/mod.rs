@@ -116,8 +116,9 @@ pub struct OpenAiAgent {
     metrics: Metrics,
     /// When the model's socket was asked for (connect time).
     connecting: Option<Instant>,
+    /// The model's session is configured (`session.update` sent): caller audio goes to it.
     open: bool,
-    /// The caller's `<Parameter>`s, for `{{Name}}` placeholders in the instructions.
+    /// The instructions sent, placeholders filled.
     instructions: String,
     /// Caller audio (base64) that arrived before the model's socket opened, and its bytes.
     early_audio: VecDeque<String>,
