@@ -203,3 +203,50 @@ async fn a_failing_handler_closes_its_call_1011_and_frees_the_slot() {
         "{metrics}"
     );
 }
+
+#[actix_web::test]
+async fn a_frame_with_reserved_bits_set_is_closed_1002_not_1007() {
+    let app = spawn_app().await;
+    let port = app.port;
+    // A raw socket: no client library sends such a frame.
+    let (code, reason) = actix_web::rt::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(
+            b"GET /media-stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+        // FIN + RSV1 + text, masked, "hi".
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0b1100_0001, 0x80 | 2];
+        frame.extend(mask);
+        frame.extend(b"hi".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        s.write_all(&frame).unwrap();
+        let mut close = [0u8; 4];
+        s.read_exact(&mut close).unwrap();
+        assert_eq!(close[0], 0x88, "a close frame");
+        let mut reason = vec![0u8; usize::from(close[1] & 0x7f) - 2];
+        s.read_exact(&mut reason).unwrap();
+        (
+            u16::from_be_bytes([close[2], close[3]]),
+            String::from_utf8(reason).unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (code, reason.as_str()),
+        (1002, "a frame with reserved bits set")
+    );
+    app.wait_for_active(0).await;
+}

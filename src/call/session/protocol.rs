@@ -210,6 +210,10 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for CallSession {
                 1009,
                 &format!("frame larger than {MAX_FRAME_BYTES} bytes"),
             ),
+            // actix-http reports reserved bits (no extension is negotiated) as InvalidData too.
+            Err(ProtocolError::Io(e)) if e.to_string().contains("reserved bits") => {
+                self.protocol_error(ctx, 1002, "a frame with reserved bits set")
+            }
             Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                 self.protocol_error(ctx, 1007, "text frame is not valid UTF-8")
             }
