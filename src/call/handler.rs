@@ -54,11 +54,63 @@ pub enum UpstreamEvent {
     },
 }
 
+/// Why a call ended; logged once at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Twilio sent `stop`.
+    Stop,
+    /// The peer closed the WebSocket without `stop`.
+    ClientClosed,
+    /// The connection dropped without a close frame.
+    ClientGone,
+    StartTimeout,
+    IdleTimeout,
+    ProtocolError,
+    HandlerFailed,
+    /// `start` carried no valid stream token for its CallSid.
+    Unauthenticated,
+    /// A newer stream of the same CallSid took over.
+    Superseded,
+    /// The replica is draining: closed so that Twilio redirects the call to a live replica.
+    HandedOff,
+    /// The peer left `OUTBOUND_BUFFER_KIB` of our frames unread.
+    NotReading,
+    /// The app hung up (or said a message and hung up) through Twilio's REST API.
+    HungUp,
+    /// The app transferred the call (`<Dial>` through REST).
+    Transferred,
+    /// The app gave the call up (its upstream is unavailable): closed 1011 so that Twilio
+    /// redirects it to another replica.
+    FailedOver,
+}
+
+impl EndReason {
+    /// The `reason` label of `callvisor_calls_ended_total`, also used in the end-of-call log.
+    pub fn label(self) -> &'static str {
+        match self {
+            EndReason::Stop => "stop",
+            EndReason::ClientClosed => "client_closed",
+            EndReason::ClientGone => "client_gone",
+            EndReason::StartTimeout => "start_timeout",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::ProtocolError => "protocol_error",
+            EndReason::HandlerFailed => "handler_failed",
+            EndReason::Unauthenticated => "auth",
+            EndReason::Superseded => "superseded",
+            EndReason::HandedOff => "handoff",
+            EndReason::NotReading => "not_reading",
+            EndReason::HungUp => "hangup",
+            EndReason::Transferred => "transfer",
+            EndReason::FailedOver => "failed_over",
+        }
+    }
+}
+
 /// How a call ended, as [`CallHandler::on_end`] hears it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallEnd {
-    /// The `reason` label of `callvisor_calls_ended_total` (`stop`, `client_gone`, `handoff`…).
-    pub reason: &'static str,
+    /// Why (its `label()` is `callvisor_calls_ended_total`'s `reason`).
+    pub reason: EndReason,
     /// The close code of the Twilio stream (1006: the connection dropped without one).
     pub code: u16,
 }
@@ -66,7 +118,7 @@ pub struct CallEnd {
 impl CallEnd {
     /// The replica handed the call over (drain): it goes on elsewhere with the same CallSid.
     pub fn handed_off(&self) -> bool {
-        self.reason == "handoff"
+        self.reason == EndReason::HandedOff
     }
 }
 

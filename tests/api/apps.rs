@@ -114,7 +114,7 @@ async fn the_app_hears_each_way_a_call_ends_exactly_once() {
         .lock()
         .unwrap()
         .iter()
-        .map(|(sid, end)| (sid.clone(), end.reason, end.code))
+        .map(|(sid, end)| (sid.clone(), end.reason.label(), end.code))
         .collect();
     got.sort();
     assert_eq!(

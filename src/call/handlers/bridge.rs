@@ -23,7 +23,7 @@ use actix_ws::Message;
 use serde::Deserialize;
 
 use crate::call::handler::{
-    Call, CallEnd, CallHandler, HandlerError, MediaChunk, UpstreamEvent, UpstreamRequest,
+    Call, CallEnd, CallHandler, EndReason, HandlerError, MediaChunk, UpstreamEvent, UpstreamRequest,
 };
 use crate::config::is_e164;
 use crate::twilio::messages::{Start, TwilioFrame};
@@ -202,7 +202,7 @@ impl CallHandler for BridgeHandler {
             // The call goes on on another replica, with another bot session: no `stop`.
             return call.close_upstream(1001, "handoff");
         }
-        if end.reason == "stop" {
+        if end.reason == EndReason::Stop {
             // The `stop` being handled, as Twilio sent it; rebuilt only if it is not at hand.
             if let Some(raw) = call.inbound().cloned() {
                 call.send_upstream(Message::Text(raw));

@@ -44,6 +44,7 @@ macro_rules! call_log {
 pub(crate) use call_log;
 
 pub use self::protocol::MAX_FRAME_BYTES;
+pub use crate::call::handler::EndReason;
 
 /// How long a closing stream may take to flush its close frame before the actor stops anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -64,64 +65,12 @@ pub struct SessionSettings {
     pub control: Option<CallControl>,
 }
 
-/// Why a call ended; logged once at the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// Twilio sent `stop`.
-    Stop,
-    /// The peer closed the WebSocket without `stop`.
-    ClientClosed,
-    /// The connection dropped without a close frame.
-    ClientGone,
-    StartTimeout,
-    IdleTimeout,
-    ProtocolError,
-    HandlerFailed,
-    /// `start` carried no valid stream token for its CallSid.
-    Unauthenticated,
-    /// A newer stream of the same CallSid took over.
-    Superseded,
-    /// The replica is draining: closed so that Twilio redirects the call to a live replica.
-    HandedOff,
-    /// The peer left `OUTBOUND_BUFFER_KIB` of our frames unread.
-    NotReading,
-    /// The app hung up (or said a message and hung up) through Twilio's REST API.
-    HungUp,
-    /// The app transferred the call (`<Dial>` through REST).
-    Transferred,
-    /// The app gave the call up (its upstream is unavailable): closed 1011 so that Twilio
-    /// redirects it to another replica.
-    FailedOver,
-}
-
-impl EndReason {
-    /// The `reason` label of `callvisor_calls_ended_total`, also used in the end-of-call log.
-    pub fn label(self) -> &'static str {
-        match self {
-            EndReason::Stop => "stop",
-            EndReason::ClientClosed => "client_closed",
-            EndReason::ClientGone => "client_gone",
-            EndReason::StartTimeout => "start_timeout",
-            EndReason::IdleTimeout => "idle_timeout",
-            EndReason::ProtocolError => "protocol_error",
-            EndReason::HandlerFailed => "handler_failed",
-            EndReason::Unauthenticated => "auth",
-            EndReason::Superseded => "superseded",
-            EndReason::HandedOff => "handoff",
-            EndReason::NotReading => "not_reading",
-            EndReason::HungUp => "hangup",
-            EndReason::Transferred => "transfer",
-            EndReason::FailedOver => "failed_over",
-        }
-    }
-
-    /// What ended a call whose REST `update` had been sent when the stream ended: Twilio ends
-    /// the stream because the update took effect, so the app's action is the reason.
-    fn of_update(update: &CallUpdate) -> EndReason {
-        match update {
-            CallUpdate::Transfer { .. } => EndReason::Transferred,
-            CallUpdate::HangUp | CallUpdate::SayAndHangUp { .. } => EndReason::HungUp,
-        }
+/// What ended a call whose REST `update` had been sent when the stream ended: Twilio ends the
+/// stream because the update took effect, so the app's action is the reason.
+fn reason_of_update(update: &CallUpdate) -> EndReason {
+    match update {
+        CallUpdate::Transfer { .. } => EndReason::Transferred,
+        CallUpdate::HangUp | CallUpdate::SayAndHangUp { .. } => EndReason::HungUp,
     }
 }
 
@@ -275,7 +224,7 @@ impl CallSession {
         let why = match (&self.state, why) {
             (CallState::Closing(_), _) => return,
             (CallState::Ending { update, .. }, EndReason::Stop | EndReason::ClientClosed) => {
-                EndReason::of_update(update)
+                reason_of_update(update)
             }
             (_, why) => why,
         };
@@ -311,7 +260,7 @@ impl CallSession {
     fn twilio_gone(&mut self, ctx: &mut Context<Self>) {
         if !self.is_closing() {
             let why = match &self.state {
-                CallState::Ending { update, .. } => EndReason::of_update(update),
+                CallState::Ending { update, .. } => reason_of_update(update),
                 _ => EndReason::ClientGone,
             };
             self.enter_closing(ctx, why, 1006, true);
@@ -347,10 +296,7 @@ impl CallSession {
             grace_over: false,
         });
         if was_streaming {
-            let end = CallEnd {
-                reason: reason.label(),
-                code,
-            };
+            let end = CallEnd { reason, code };
             let _ = self.dispatch(ctx, |h, call| {
                 h.on_end(&end, call);
                 Ok(())

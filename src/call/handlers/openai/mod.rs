@@ -962,7 +962,7 @@ impl CallHandler for OpenAiAgent {
             call,
             Info,
             "agent: call ended ({}), {} barge-in(s), {} interrupted delta(s) dropped",
-            end.reason,
+            end.reason.label(),
             self.barge_ins,
             self.dropped_deltas
         );
