@@ -67,7 +67,14 @@ pub struct AutoVoice {
     pub silence_ms: u64,
     /// Called on each delta before it goes out (callsim stamps it, to time it to the caller).
     pub stamp: Stamp,
+    /// When set, each answer to the caller's speech first calls this tool (no arguments), and
+    /// `tool_answered` hears how long the agent took to send its output back.
+    pub tool: Option<String>,
+    pub tool_answered: Option<ToolAnswered>,
 }
+
+/// A hook told how long an agent took from a tool call to its output.
+pub type ToolAnswered = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// What the fake checks at the handshake and how it answers.
 #[derive(Clone, Default)]
@@ -463,6 +470,14 @@ async fn run_session(
         let (replies, stream) = {
             let mut conv = session.conv.lock().unwrap();
             let mut replies = conv.client_event(&event);
+            if let (Some(hook), Some(call_id)) = (
+                auto.as_ref().and_then(|v| v.tool_answered.as_ref()),
+                event["item"]["call_id"].as_str(),
+            ) {
+                if let Some(sent) = conv.tool_sent.remove(call_id) {
+                    hook(sent.elapsed());
+                }
+            }
             let mut stream = replies.iter().any(|e| e["type"] == "response.created");
             if let (Some(voice), "input_audio_buffer.append") =
                 (&auto, event["type"].as_str().unwrap_or(""))
@@ -529,6 +544,22 @@ async fn speak(mut session: Session, voice: AutoVoice, state: Shared) {
             .is_some_and(|r| r.id == id && !r.cancelled)
     };
     let item = format!("item_{id}");
+    if let Some(tool) = &voice.tool {
+        let events = {
+            let mut conv = session.conv.lock().unwrap();
+            let after_speech = conv.active.as_ref().is_some_and(|r| r.after_speech);
+            if after_speech {
+                let call_id = format!("call_{id}");
+                conv.tool_sent.insert(call_id.clone(), Instant::now());
+                conv.tool_call(tool, &call_id, "{}")
+            } else {
+                Vec::new()
+            }
+        };
+        if !session.send_all(events, &state).await {
+            return;
+        }
+    }
     for _ in 0..voice.deltas_per_reply {
         if !live(&session) {
             return;
@@ -550,6 +581,8 @@ async fn speak(mut session: Session, voice: AutoVoice, state: Shared) {
 /// The response in progress.
 struct Response {
     id: String,
+    /// Answers the caller's speech (server VAD): in auto mode it may call a tool first.
+    after_speech: bool,
     /// Its assistant items, in order (`message` items carry audio).
     items: Vec<(String, &'static str)>,
     cancelled: bool,
@@ -565,6 +598,8 @@ struct Conversation {
     active: Option<Response>,
     /// Bytes of audio sent per assistant item, for `truncate`'s check.
     sent: HashMap<String, usize>,
+    /// Tool calls sent in auto mode and when, until their output comes.
+    tool_sent: HashMap<String, Instant>,
     next_id: u64,
     /// The VAD (auto mode): in speech, silence since, caller audio so far.
     speaking: bool,
@@ -696,6 +731,7 @@ impl Conversation {
         let id = self.id("resp");
         self.active = Some(Response {
             id: id.clone(),
+            after_speech: false,
             items: Vec::new(),
             cancelled: false,
         });
@@ -812,6 +848,9 @@ impl Conversation {
         ];
         if !self.no_create_response {
             events.extend(self.begin_response().unwrap_or_default());
+            if let Some(active) = self.active.as_mut() {
+                active.after_speech = true;
+            }
         }
         events
     }

@@ -117,6 +117,10 @@ struct Args {
     /// audio, and the report times each audio delta from the model to the caller.
     #[arg(long, value_name = "ADDR")]
     realtime_model: Option<std::net::SocketAddr>,
+    /// With --realtime-model: each answer first calls this tool of the agent (an agent's tool
+    /// in the server's AGENTS_FILE), and the report times the agent's output (tool round trip).
+    #[arg(long, value_name = "NAME", requires = "realtime_model")]
+    realtime_tool: Option<String>,
 }
 
 fn parse_target(s: &str) -> Result<String, String> {
@@ -263,7 +267,10 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let model = match args.realtime_model.map(realtime_model::start) {
+    let model = match args
+        .realtime_model
+        .map(|addr| realtime_model::start(addr, args.realtime_tool.clone()))
+    {
         None => None,
         Some(Ok(stamps)) => {
             eprintln!(
@@ -292,7 +299,7 @@ async fn run(args: Args) -> ExitCode {
         say,
         say_every: args.say_every,
         record_dir: args.record.clone(),
-        model,
+        model: model.clone(),
     });
 
     let run_id = SystemTime::now()
@@ -343,6 +350,12 @@ async fn run(args: Args) -> ExitCode {
     ticker.abort();
     progress.finish_and_clear();
 
+    if let Some(model) = &model {
+        let mut stats = stats.borrow_mut();
+        for us in model.tool_round_trips() {
+            stats.tool_us.saturating_record(us);
+        }
+    }
     let mut summary = Summary::new(
         &stats.borrow(),
         &args.target,

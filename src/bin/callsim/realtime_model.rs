@@ -38,6 +38,8 @@ const RING: usize = 1 << 16;
 
 /// When each stamped delta was sent, for the caller to look up.
 pub struct Stamps {
+    /// `--realtime-tool`: microseconds from each tool call to the agent's output.
+    tool_rtt_us: Mutex<Vec<u64>>,
     next: AtomicU32,
     sent: Mutex<Vec<(u32, Option<Instant>)>>,
 }
@@ -45,6 +47,7 @@ pub struct Stamps {
 impl Stamps {
     fn new() -> Self {
         Stamps {
+            tool_rtt_us: Mutex::new(Vec::new()),
             next: AtomicU32::new(1),
             sent: Mutex::new(vec![(0, None); RING]),
         }
@@ -57,6 +60,11 @@ impl Stamps {
             *byte = (*byte & !1) | ((id >> i) & 1) as u8;
         }
         self.sent.lock().unwrap()[id as usize % RING] = (id, Some(Instant::now()));
+    }
+
+    /// The tool round trips so far (microseconds), taken.
+    pub fn tool_round_trips(&self) -> Vec<u64> {
+        std::mem::take(&mut self.tool_rtt_us.lock().unwrap())
     }
 
     /// When the delta whose audio starts with `payload_base64` was sent (none for other audio).
@@ -74,10 +82,13 @@ impl Stamps {
     }
 }
 
-/// Starts the stand-in on `addr`; it answers at `/v1/realtime`.
-pub fn start(addr: SocketAddr) -> std::io::Result<Arc<Stamps>> {
+/// Starts the stand-in on `addr`; it answers at `/v1/realtime`. With `tool`, each answer to
+/// the caller's speech first calls that tool, and [`Stamps::tool_round_trips`] collects how long
+/// the agent took to send each output back.
+pub fn start(addr: SocketAddr, tool: Option<String>) -> std::io::Result<Arc<Stamps>> {
     let stamps = Arc::new(Stamps::new());
     let stamper = stamps.clone();
+    let timer = stamps.clone();
     serve_auto(
         addr,
         AutoVoice {
@@ -87,6 +98,18 @@ pub fn start(addr: SocketAddr) -> std::io::Result<Arc<Stamps>> {
             is_speech: audio::is_speech,
             silence_ms: SILENCE_MS,
             stamp: Arc::new(move |delta: &mut [u8]| stamper.stamp(delta)),
+            tool_answered: tool
+                .is_some()
+                .then(|| -> callvisor::fakes::realtime::ToolAnswered {
+                    Arc::new(move |took: Duration| {
+                        timer
+                            .tool_rtt_us
+                            .lock()
+                            .unwrap()
+                            .push(took.as_micros() as u64)
+                    })
+                }),
+            tool,
         },
     )?;
     Ok(stamps)

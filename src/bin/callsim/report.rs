@@ -72,6 +72,8 @@ pub struct Stats {
     pub reply_us: Histogram<u64>,
     /// `--realtime-model`: from the stand-in sending an audio delta to the caller reading it.
     pub model_us: Histogram<u64>,
+    /// `--realtime-tool`: the model's tool call to the agent's output, through the tool.
+    pub tool_us: Histogram<u64>,
     pub records: Vec<CallRecord>,
 }
 
@@ -97,6 +99,7 @@ impl Default for Stats {
             handoff_gap_us: histogram(),
             reply_us: histogram(),
             model_us: histogram(),
+            tool_us: histogram(),
             records: Vec::new(),
         }
     }
@@ -172,6 +175,10 @@ pub struct Summary {
     /// `--realtime-model`: the model's audio delta to the caller, through the server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_to_caller_ms: Option<Percentiles>,
+    /// `--realtime-tool`: from the model's tool call to the agent's output, through the
+    /// server and the tool (the tool's own time included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_round_trip_ms: Option<Percentiles>,
     /// `--chaos`: the seed (replay with `--seed`) and, per kind, how the calls went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -240,6 +247,7 @@ impl Summary {
             handoff_gap_ms: Percentiles::of(&stats.handoff_gap_us),
             reply_ms: Percentiles::of(&stats.reply_us),
             model_to_caller_ms: Percentiles::of(&stats.model_us),
+            tool_round_trip_ms: Percentiles::of(&stats.tool_us),
             seed: None,
             chaos: None,
             call_records: records.clone(),
@@ -340,6 +348,9 @@ impl Summary {
         }
         if self.model_to_caller_ms.is_some() {
             row("model to caller", p(&self.model_to_caller_ms));
+        }
+        if self.tool_round_trip_ms.is_some() {
+            row("tool round trip", p(&self.tool_round_trip_ms));
         }
         if let (Some(seed), Some(chaos)) = (self.seed, &self.chaos) {
             row(
