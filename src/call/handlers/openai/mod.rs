@@ -454,19 +454,13 @@ impl OpenAiAgent {
             let output = json!({"error": "the tool is not configured"}).to_string();
             return self.tool_output(call, item, &output);
         };
-        let signed = match secret.headers(&call_id, &body, unix_now()) {
-            Ok(signed) => signed,
+        let headers = match signed_json_headers(secret, &call_id, &body) {
+            Ok(headers) => headers,
             Err(e) => {
                 let output = json!({"error": format!("bad call_id: {e}")}).to_string();
                 return self.tool_output(call, item, &output);
             }
         };
-        let mut headers: Vec<(String, String)> = signed
-            .pairs()
-            .into_iter()
-            .map(|(name, value)| (name.to_string(), value))
-            .collect();
-        headers.push(("content-type".into(), "application/json".into()));
         self.tools.next_id += 1;
         let post = HttpPost {
             id: self.tools.next_id,
@@ -597,15 +591,9 @@ impl OpenAiAgent {
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        let Ok(signed) = secret.headers(&id, &body, unix_now()) else {
+        let Ok(headers) = signed_json_headers(secret, &id, &body) else {
             return;
         };
-        let mut headers: Vec<(String, String)> = signed
-            .pairs()
-            .into_iter()
-            .map(|(name, value)| (name.to_string(), value))
-            .collect();
-        headers.push(("content-type".into(), "application/json".into()));
         self.config_waiting = true;
         call.http_post(HttpPost {
             id: CONFIG_REQUEST,
@@ -968,6 +956,23 @@ impl CallHandler for OpenAiAgent {
         );
         // The session closes the model's socket now (1000): no orphan session billing tokens.
     }
+}
+
+/// The headers of a JSON request to the business: Standard Webhooks' three (`webhook-id` = `id`)
+/// and the content type.
+fn signed_json_headers(
+    secret: &crate::webhooks::WebhookSecret,
+    id: &str,
+    body: &str,
+) -> Result<Vec<(String, String)>, crate::webhooks::IdError> {
+    let signed = secret.headers(id, body, unix_now())?;
+    let mut headers: Vec<(String, String)> = signed
+        .pairs()
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+    headers.push(("content-type".into(), "application/json".into()));
+    Ok(headers)
 }
 
 /// Fills `{{name}}` placeholders from the call's parameters; one left unfilled is removed (and
