@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use callvisor::call::handlers::openai::agents::{Agent, Agents, Destination, TransferTarget};
-use callvisor::config::{AgentConfig, HandlerKind};
+use callvisor::call::handlers::openai::settings::AgentConfig;
+use callvisor::config::HandlerKind;
 use callvisor::fakes::realtime::{FakeRealtime, STALE_AUDIO_BYTE};
 use serde_json::{json, Value};
 

@@ -44,12 +44,12 @@ pub fn serve_peer(
 
 /// `HANDLER=openai`'s settings for a test, the model at `url`: one agent, `default`, whose
 /// settings are also the per-agent fields'.
-pub fn agent_config(url: &str) -> callvisor::config::AgentConfig {
+pub fn agent_config(url: &str) -> callvisor::call::handlers::openai::settings::AgentConfig {
     use callvisor::call::handlers::openai::agents::{Agent, Agents};
     // Not the default (gpt-realtime-2.1): a test that reads `?model=` proves the configured
     // model is what is sent.
     let (model, voice, instructions) = ("gpt-realtime", "alloy", "You help {{From}}.");
-    callvisor::config::AgentConfig {
+    callvisor::call::handlers::openai::settings::AgentConfig {
         api_key: "sk-test".to_string().into(),
         url: url.to_string(),
         agents: std::sync::Arc::new(Agents::single(Agent::basic(
@@ -61,11 +61,11 @@ pub fn agent_config(url: &str) -> callvisor::config::AgentConfig {
         webhook_secret: None,
         config_url: None,
         config_timeout: std::time::Duration::from_millis(
-            callvisor::config::DEFAULT_AGENT_CONFIG_TIMEOUT_MS,
+            callvisor::call::handlers::openai::settings::DEFAULT_AGENT_CONFIG_TIMEOUT_MS,
         ),
         // Production's: a test of a slow handshake sets its own.
         connect_timeout: std::time::Duration::from_secs(
-            callvisor::config::DEFAULT_AGENT_CONNECT_TIMEOUT_SECS,
+            callvisor::call::handlers::openai::settings::DEFAULT_AGENT_CONNECT_TIMEOUT_SECS,
         ),
     }
 }

@@ -36,7 +36,8 @@ use serde_json::{json, Map as JsonMap, Value as Json};
 use toml::de::{DeArray, DeTable, DeValue};
 use toml::Spanned;
 
-use crate::config::{is_e164, DEFAULT_AGENT_INSTRUCTIONS, DEFAULT_AGENT_VOICE};
+use super::settings::{DEFAULT_AGENT_INSTRUCTIONS, DEFAULT_AGENT_VOICE};
+use crate::config::is_e164;
 
 /// The model's own tools: a file's tool may not take their names.
 pub const BUILT_IN_TOOLS: [&str; 2] = ["end_call", "transfer_call"];
@@ -649,11 +650,11 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     let _ = dotenvy::dotenv();
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let Some(file) = file.or_else(|| env(crate::config::ENV_AGENTS_FILE)) else {
+    let Some(file) = file.or_else(|| env(super::settings::ENV_AGENTS_FILE)) else {
         eprintln!("callvisor agents check: no FILE given and AGENTS_FILE is not set");
         return ExitCode::from(2);
     };
-    match crate::config::agents_setup(&env, Some(&file)) {
+    match super::settings::agents_setup(&env, Some(&file)) {
         Ok(setup) => {
             print!("{}", setup.agents.routing_table());
             match (setup.agents.first_tool(), setup.webhook_secret.is_some()) {

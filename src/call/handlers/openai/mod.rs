@@ -32,6 +32,7 @@
 //! caller hears the apology (`<Say>` then `<Hangup/>`, REST) instead of silence. A call that comes
 //! back after a hand-off (`attempt` > 1) is not greeted again.
 pub mod agents;
+pub mod settings;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ use crate::call::handler::{
     decoded_len, Call, CallEnd, CallHandler, HandlerError, MediaChunk, UpstreamEvent,
     UpstreamRequest,
 };
-use crate::config::AgentConfig;
+use crate::call::handlers::openai::settings::AgentConfig;
 use crate::twilio::signature::BOUND_PARAM;
 
 use self::agents::{Agent, Destination, Tool};
