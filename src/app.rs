@@ -8,6 +8,7 @@ use actix::Actor;
 use actix_web::{dev::Server, web, App, HttpServer};
 
 use crate::call::handler::HandlerFactory;
+use crate::call::handlers::openai::metrics::AgentMetrics;
 use crate::call::handlers::{BridgeHandler, BridgeSettings, EchoHandler, OpenAiAgent};
 use crate::call::supervisor::CallSupervisor;
 use crate::config::{Config, HandlerKind};
@@ -27,7 +28,13 @@ impl Application {
     /// Binds `config.host:config.port` and prepares the server with the app `HANDLER` names.
     /// Must run inside an actix system.
     pub fn build(config: Config) -> std::io::Result<Self> {
-        let metrics = Metrics::new();
+        // The openai app's own metrics join the service's registry before it is shared.
+        let mut agent_metrics = None;
+        let metrics = Metrics::new_with(|registry| {
+            if let HandlerKind::OpenAi(_) = &config.handler {
+                agent_metrics = Some(AgentMetrics::register(registry));
+            }
+        });
         let handler: HandlerFactory = match &config.handler {
             HandlerKind::Echo => Arc::new(|| Box::new(EchoHandler)),
             HandlerKind::Bridge {
@@ -41,7 +48,8 @@ impl Application {
                 Arc::new(move || Box::new(BridgeHandler::new(settings.clone())))
             }
             HandlerKind::OpenAi(agent) => {
-                let (agent, metrics) = (agent.clone(), metrics.clone());
+                let agent = agent.clone();
+                let metrics = agent_metrics.expect("registered above for HANDLER=openai");
                 Arc::new(move || Box::new(OpenAiAgent::new(agent.clone(), metrics.clone())))
             }
         };

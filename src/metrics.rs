@@ -19,7 +19,7 @@ pub type Label = [(&'static str, &'static str); 1];
 /// Labels whose values come from the configuration (an agent's tool names: bounded by its file).
 pub type NamedLabels<const N: usize> = [(&'static str, String); N];
 
-/// Every metric this service exports.
+/// Every metric of the service itself; the running call app adds its own ([`Metrics::new_with`]).
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -52,19 +52,6 @@ pub struct Metrics {
     pub upstream_failures: Family<Label, Counter>,
     pub upstream_frames: Family<Label, Counter>,
     pub upstream_dropped: Counter,
-    /// `HANDLER=openai`: the model's handshake, the wait from the caller's end of speech (or a
-    /// response asked for) to the agent's first audio, barge-ins, tool calls (`name`), model
-    /// errors (`type`: session_expired, rate_limit, server_error, other).
-    pub agent_connect: Histogram,
-    pub agent_first_audio: Histogram,
-    pub agent_barge_ins: Counter,
-    pub agent_tool_calls: Family<NamedLabels<1>, Counter>,
-    /// The agent's own tools' requests to the business, by tool and outcome, and their time.
-    pub agent_tool_requests: Family<NamedLabels<2>, Counter>,
-    pub agent_tool_seconds: Histogram,
-    /// `AGENT_CONFIG_URL`'s answers, by outcome (ok, error, timeout, malformed).
-    pub agent_config: Family<Label, Counter>,
-    pub agent_model_errors: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -74,7 +61,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The service's own metrics.
     pub fn new() -> Self {
+        Self::new_with(|_| {})
+    }
+
+    /// The service's own metrics, and those `register_app` adds to the same registry before it
+    /// is shared: the running call app's own, under the same `callvisor_` prefix.
+    pub fn new_with(register_app: impl FnOnce(&mut Registry)) -> Self {
         let calls_active = Gauge::default();
         let calls_limit = Gauge::default();
         let draining = Gauge::default();
@@ -95,14 +89,6 @@ impl Metrics {
         let upstream_failures = Family::default();
         let upstream_frames = Family::default();
         let upstream_dropped = Counter::default();
-        let agent_connect = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        let agent_first_audio = Histogram::new(exponential_buckets(0.01, 1.5, 16));
-        let agent_barge_ins = Counter::default();
-        let agent_tool_calls = Family::default();
-        let agent_tool_requests = Family::default();
-        let agent_config = Family::default();
-        let agent_tool_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        let agent_model_errors = Family::default();
 
         let mut r = Registry::with_prefix("callvisor");
         r.register(
@@ -191,46 +177,7 @@ impl Metrics {
             "Frames to an upstream dropped because it did not keep up",
             upstream_dropped.clone(),
         );
-        r.register(
-            "agent_connect_seconds",
-            "Voice agent: the model's WebSocket handshake",
-            agent_connect.clone(),
-        );
-        r.register(
-            "agent_first_audio_seconds",
-            "Voice agent: from the caller's end of speech (or a response asked for) to the first agent audio",
-            agent_first_audio.clone(),
-        );
-        r.register(
-            "agent_barge_ins",
-            "Voice agent: callers who talked over the agent",
-            agent_barge_ins.clone(),
-        );
-        r.register(
-            "agent_tool_calls",
-            "Voice agent: tool calls, by name",
-            agent_tool_calls.clone(),
-        );
-        r.register(
-            "agent_tool_requests",
-            "Voice agent: its own tools' requests to the business, by name and outcome (ok, error, timeout)",
-            agent_tool_requests.clone(),
-        );
-        r.register(
-            "agent_tool_seconds",
-            "Voice agent: how long its own tools' requests took",
-            agent_tool_seconds.clone(),
-        );
-        r.register(
-            "agent_config",
-            "Voice agent: AGENT_CONFIG_URL's answers, by outcome (ok, error, timeout, malformed)",
-            agent_config.clone(),
-        );
-        r.register(
-            "agent_model_errors",
-            "Voice agent: error events from the model, by type",
-            agent_model_errors.clone(),
-        );
+        register_app(&mut r);
         Metrics {
             registry: Arc::new(r),
             calls_active,
@@ -251,14 +198,6 @@ impl Metrics {
             upstream_failures,
             upstream_frames,
             upstream_dropped,
-            agent_connect,
-            agent_first_audio,
-            agent_barge_ins,
-            agent_tool_calls,
-            agent_tool_requests,
-            agent_tool_seconds,
-            agent_config,
-            agent_model_errors,
         }
     }
 

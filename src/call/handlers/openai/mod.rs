@@ -32,6 +32,7 @@
 //! caller hears the apology (`<Say>` then `<Hangup/>`, REST) instead of silence. A call that comes
 //! back after a hand-off (`attempt` > 1) is not greeted again.
 pub mod agents;
+pub mod metrics;
 pub mod settings;
 
 use std::collections::VecDeque;
@@ -49,8 +50,8 @@ use crate::call::handlers::openai::settings::AgentConfig;
 use crate::twilio::signature::BOUND_PARAM;
 
 use self::agents::{Agent, Destination, Tool};
+use self::metrics::AgentMetrics;
 use crate::call::handler::{HttpAnswer, HttpPost};
-use crate::metrics::Metrics;
 use crate::twilio::messages::Start;
 use crate::twilio::signature::unix_now;
 
@@ -114,7 +115,7 @@ pub struct OpenAiAgent {
     config_waiting: bool,
     /// The model's socket is open (the session may still wait for the per-call config).
     socket_open: bool,
-    metrics: Metrics,
+    metrics: AgentMetrics,
     /// When the model's socket was asked for (connect time).
     connecting: Option<Instant>,
     /// The model's session is configured (`session.update` sent): caller audio goes to it.
@@ -142,7 +143,7 @@ pub struct OpenAiAgent {
 }
 
 impl OpenAiAgent {
-    pub fn new(config: Arc<AgentConfig>, metrics: Metrics) -> Self {
+    pub fn new(config: Arc<AgentConfig>, metrics: AgentMetrics) -> Self {
         let agent = config
             .agents
             .default_agent()
