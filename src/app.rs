@@ -8,10 +8,8 @@ use actix::Actor;
 use actix_web::{dev::Server, web, App, HttpServer};
 
 use crate::call::handler::HandlerFactory;
-use crate::call::handlers::openai::metrics::AgentMetrics;
-use crate::call::handlers::{BridgeHandler, BridgeSettings, EchoHandler, OpenAiAgent};
 use crate::call::supervisor::CallSupervisor;
-use crate::config::{Config, HandlerKind};
+use crate::config::Config;
 use crate::http::auth::TwilioAuth;
 use crate::http::{health, metrics, socket, stream, stream_status, webhook, AppState};
 use crate::metrics::Metrics;
@@ -28,31 +26,9 @@ impl Application {
     /// Binds `config.host:config.port` and prepares the server with the app `HANDLER` names.
     /// Must run inside an actix system.
     pub fn build(config: Config) -> std::io::Result<Self> {
-        // The openai app's own metrics join the service's registry before it is shared.
-        let mut agent_metrics = None;
-        let metrics = Metrics::new_with(|registry| {
-            if let HandlerKind::OpenAi(_) = &config.handler {
-                agent_metrics = Some(AgentMetrics::register(registry));
-            }
-        });
-        let handler: HandlerFactory = match &config.handler {
-            HandlerKind::Echo => Arc::new(|| Box::new(EchoHandler)),
-            HandlerKind::Bridge {
-                url,
-                connect_timeout,
-            } => {
-                let settings = Arc::new(BridgeSettings {
-                    url: url.clone(),
-                    connect_timeout: *connect_timeout,
-                });
-                Arc::new(move || Box::new(BridgeHandler::new(settings.clone())))
-            }
-            HandlerKind::OpenAi(agent) => {
-                let agent = agent.clone();
-                let metrics = agent_metrics.expect("registered above for HANDLER=openai");
-                Arc::new(move || Box::new(OpenAiAgent::new(agent.clone(), metrics.clone())))
-            }
-        };
+        // The app's own metrics join the service's registry before it is shared.
+        let (metrics, handler) =
+            Metrics::new_with(|registry| config.handler.clone().handler_factory(registry));
         Self::build_with(config, handler, metrics)
     }
 
@@ -78,7 +54,7 @@ impl Application {
             log::warn!(
                 "TWILIO_AUTH_TOKEN is not set: /incoming-call and /media-stream are open to anyone"
             );
-            if config.handler != HandlerKind::Echo {
+            if config.handler.needs_call_control() {
                 log::warn!(
                     "HANDLER={} without TWILIO_AUTH_TOKEN: anyone can open a stream claiming any \
                      CallSid, and the app's hang-ups and transfers act on that CallSid",

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::call::handlers::openai::settings::AgentConfig;
+use crate::call::handlers::{self, CallApp};
 use crate::logging::LogFormat;
 
 pub const ENV_PORT: &str = "PORT";
@@ -49,68 +49,13 @@ pub const ENV_TWILIO_API_BASE_URL: &str = "TWILIO_API_BASE_URL";
 pub const ENV_TWILIO_ACCOUNT_SID: &str = "TWILIO_ACCOUNT_SID";
 pub const ENV_TWILIO_API_KEY_SID: &str = "TWILIO_API_KEY_SID";
 pub const ENV_TWILIO_API_KEY_SECRET: &str = "TWILIO_API_KEY_SECRET";
+/// The app every call runs: one of the registry's names (`crate::call::handlers::APPS`), each
+/// app reading its own variables.
 pub const ENV_HANDLER: &str = "HANDLER";
-pub const ENV_BRIDGE_URL: &str = "BRIDGE_URL";
-pub const ENV_BRIDGE_CONNECT_TIMEOUT_SECS: &str = "BRIDGE_CONNECT_TIMEOUT_SECS";
-pub const DEFAULT_BRIDGE_CONNECT_TIMEOUT_SECS: u64 = 5;
 
 /// `whsec_<base64>`: signs every request callvisor makes to the business (Standard Webhooks).
 pub const ENV_WEBHOOK_SECRET: &str = "WEBHOOK_SECRET";
 
-/// The app every call runs (`HANDLER`).
-#[derive(Clone, Debug)]
-pub enum HandlerKind {
-    /// Every audio frame straight back to the caller.
-    Echo,
-    /// Each call relayed to an upstream bot that speaks Twilio's Media Streams protocol.
-    Bridge {
-        /// `ws://` or `wss://`.
-        url: String,
-        connect_timeout: Duration,
-    },
-    /// A phone voice agent on OpenAI's Realtime API.
-    OpenAi(std::sync::Arc<AgentConfig>),
-}
-
-impl PartialEq for HandlerKind {
-    /// Compares what is not secret.
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (HandlerKind::Echo, HandlerKind::Echo) => true,
-            (
-                HandlerKind::Bridge {
-                    url: a,
-                    connect_timeout: x,
-                },
-                HandlerKind::Bridge {
-                    url: b,
-                    connect_timeout: y,
-                },
-            ) => a == b && x == y,
-            (HandlerKind::OpenAi(a), HandlerKind::OpenAi(b)) => {
-                let names = |c: &AgentConfig| -> Vec<(String, String, String)> {
-                    c.agents
-                        .iter()
-                        .map(|g| (g.name.clone(), g.model.clone(), g.voice.clone()))
-                        .collect()
-                };
-                a.url == b.url && names(a) == names(b)
-            }
-            _ => false,
-        }
-    }
-}
-
-impl HandlerKind {
-    /// What `/` and the startup line call it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            HandlerKind::Echo => "echo",
-            HandlerKind::Bridge { .. } => "bridge",
-            HandlerKind::OpenAi(_) => "openai",
-        }
-    }
-}
 /// 1 MiB holds about 95 s of Twilio media frames (8,000 bytes of mu-law a second, base64 in
 /// JSON): a whole spoken answer an agent sends faster than real time fits with room to spare.
 pub const DEFAULT_OUTBOUND_BUFFER_KIB: usize = 1024;
@@ -151,8 +96,8 @@ pub struct Config {
     pub twilio_account_sid: Option<String>,
     /// `TWILIO_API_KEY_SID` and `TWILIO_API_KEY_SECRET`, preferred over the auth token for REST.
     pub twilio_api_key: Option<(String, SecretString)>,
-    /// The app every call runs.
-    pub handler: HandlerKind,
+    /// The app every call runs (`HANDLER`), with its settings.
+    pub handler: Arc<dyn CallApp>,
 }
 
 /// A variable that is set to something this service cannot use.
@@ -190,17 +135,9 @@ impl Config {
     /// Parses the configuration from any variable source. Empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let parse =
-            |name: &'static str, expected: &'static str, ok: &dyn Fn(&str) -> bool| match get(name)
-            {
-                Some(v) if ok(v.trim()) => Ok(Some(v.trim().to_string())),
-                Some(v) => Err(ConfigError {
-                    variable: name,
-                    value: v,
-                    expected: expected.into(),
-                }),
-                None => Ok(None),
-            };
+        let parse = |name: &'static str, expected: &'static str, ok: &dyn Fn(&str) -> bool| {
+            parse_var(&get, name, expected, ok)
+        };
 
         let host = parse(ENV_HOST, "an IP address such as 0.0.0.0", &|v| {
             v.parse::<IpAddr>().is_ok()
@@ -318,38 +255,14 @@ impl Config {
             }
         };
 
-        let handler = match parse(ENV_HANDLER, "echo, bridge or openai", &|v| {
-            v == "echo" || v == "bridge" || v == "openai"
-        })?
-        .as_deref()
-        {
-            Some("bridge") => {
-                let url = parse(ENV_BRIDGE_URL, "a ws:// or wss:// URL of the bot", &|v| {
-                    valid_ws_url(v)
-                })?
-                .ok_or(ConfigError {
-                    variable: ENV_BRIDGE_URL,
-                    value: String::new(),
-                    expected: "HANDLER=bridge relays every call to it; set a ws:// or wss:// URL"
-                        .into(),
-                })?;
-                let connect_timeout = Duration::from_secs(
-                    parse(
-                        ENV_BRIDGE_CONNECT_TIMEOUT_SECS,
-                        "a whole number of seconds from 1 to 60",
-                        &|v| v.parse::<u64>().is_ok_and(|n| (1..=60).contains(&n)),
-                    )?
-                    .map_or(DEFAULT_BRIDGE_CONNECT_TIMEOUT_SECS, |v| v.parse().unwrap()),
-                );
-                HandlerKind::Bridge {
-                    url,
-                    connect_timeout,
-                }
-            }
-            Some("openai") => HandlerKind::OpenAi(Arc::new(AgentConfig::from_env(&get)?)),
-            _ => HandlerKind::Echo,
+        let app = match parse_var(&get, ENV_HANDLER, handlers::names(), |v| {
+            handlers::find(v).is_some()
+        })? {
+            Some(name) => handlers::find(&name).expect("checked above"),
+            None => &handlers::APPS[0],
         };
-        if handler != HandlerKind::Echo && twilio_api_key.is_none() && twilio_auth_token.is_none() {
+        let handler = (app.from_env)(&get)?;
+        if handler.needs_call_control() && twilio_api_key.is_none() && twilio_auth_token.is_none() {
             // An app that ends a call must hang it up through REST: closing the stream alone
             // makes Twilio run the <Redirect>, and the call loops through its retries.
             return Err(ConfigError {
@@ -440,29 +353,9 @@ impl fmt::Display for Config {
             self.replica,
             self.auth_mode(),
             self.handler.name(),
-            match &self.handler {
-                HandlerKind::Bridge { url, .. } => format!("({})", url_origin(url)),
-                HandlerKind::OpenAi(agent) =>
-                    match (agent.agents.file(), agent.agents.iter().next()) {
-                        (None, Some(only)) => format!(
-                            "({} model={} voice={})",
-                            url_origin(&agent.url),
-                            only.model,
-                            only.voice
-                        ),
-                        (file, _) => format!(
-                            "({} agents_file={} agents={})",
-                            url_origin(&agent.url),
-                            file.map_or_else(|| "-".into(), |f| f.display().to_string()),
-                            agent
-                                .agents
-                                .iter()
-                                .map(|a| a.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        ),
-                    },
-                HandlerKind::Echo => String::new(),
+            match self.handler.describe() {
+                about if about.is_empty() => about,
+                about => format!("({about})"),
             },
             self.rest_credentials()
                 .map_or("off".to_string(), |c| c.describe()),
@@ -470,6 +363,27 @@ impl fmt::Display for Config {
     }
 }
 
+/// A variable's trimmed value when `ok` accepts it, `None` when it is unset, else the error
+/// naming it with what was `expected`. `get` counts empty values as unset, as the `get` that
+/// [`Config::from_lookup`] hands every app does.
+pub(crate) fn parse_var(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+    expected: impl Into<Cow<'static, str>>,
+    ok: impl Fn(&str) -> bool,
+) -> Result<Option<String>, ConfigError> {
+    match get(name) {
+        Some(v) if ok(v.trim()) => Ok(Some(v.trim().to_string())),
+        Some(v) => Err(ConfigError {
+            variable: name,
+            value: v,
+            expected: expected.into(),
+        }),
+        None => Ok(None),
+    }
+}
+
+/// An absolute `http://` or `https://` URL with a host and no query.
 pub(crate) fn valid_base_url(v: &str) -> bool {
     let rest = v
         .strip_prefix("https://")
@@ -504,7 +418,7 @@ pub(crate) fn valid_ws_url(v: &str) -> bool {
 }
 
 /// Scheme and host of a URL, for logs: its path and query may carry a credential.
-fn url_origin(url: &str) -> &str {
+pub(crate) fn url_origin(url: &str) -> &str {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
     let end = url[after_scheme..]
         .find(['/', '?'])
@@ -553,9 +467,10 @@ mod tests {
         assert_eq!(c.outbound_buffer_bytes, 1024 * 1024);
     }
 
-    /// Every variable outside the agent's, each set to something other than its default, and
-    /// each found in the Config: a variable whose parsing is lost fails here. (The two Railway
-    /// fallbacks, which PUBLIC_URL and DRAIN_TIMEOUT_SECS override, have tests of their own.)
+    /// Every variable outside the apps' own (each app's module tests its own), each set to
+    /// something other than its default, and each found in the Config: a variable whose parsing
+    /// is lost fails here. (The two Railway fallbacks, which PUBLIC_URL and DRAIN_TIMEOUT_SECS
+    /// override, have tests of their own.)
     #[test]
     fn reads_every_variable() {
         use secrecy::ExposeSecret;
@@ -580,7 +495,6 @@ mod tests {
             ("TWILIO_API_KEY_SECRET", "key-secret"),
             ("HANDLER", "bridge"),
             ("BRIDGE_URL", "ws://bot.test/stream"),
-            ("BRIDGE_CONNECT_TIMEOUT_SECS", "9"),
         ])
         .unwrap();
         assert_eq!(c.port, 9000);
@@ -610,13 +524,7 @@ mod tests {
             (key_sid.as_str(), key_secret.expose_secret()),
             ("SK0123456789abcdef0123456789abcdef", "key-secret")
         );
-        assert_eq!(
-            c.handler,
-            HandlerKind::Bridge {
-                url: "ws://bot.test/stream".into(),
-                connect_timeout: Duration::from_secs(9),
-            }
-        );
+        assert_eq!(c.handler.name(), "bridge");
     }
 
     #[test]
@@ -674,53 +582,24 @@ mod tests {
         assert_eq!(c.twilio_api_base_url, "https://api.twilio.com");
     }
 
+    /// Each app's own variables are its module's tests (`call::handlers::*`); the registry's
+    /// names are `call::handlers`' tests.
     #[test]
-    fn the_app_is_chosen_by_handler_and_a_bridge_needs_its_url_and_call_control() {
-        assert_eq!(parse(&[]).unwrap().handler, HandlerKind::Echo);
-        let creds = ("TWILIO_AUTH_TOKEN", "tok");
+    fn the_app_is_chosen_by_handler_and_an_app_that_ends_calls_needs_call_control() {
+        let echo = parse(&[]).unwrap();
+        assert_eq!(echo.handler.name(), "echo");
+        assert!(!echo.handler.needs_call_control());
+        assert!(echo.to_string().contains(" handler=echo call_control=off"));
+        let err = parse(&[("HANDLER", "agent")]).unwrap_err();
+        assert_eq!(err.variable, "HANDLER");
         let c = parse(&[
-            ("HANDLER", "bridge"),
-            ("BRIDGE_URL", "wss://bot.example.com/stream?key=s3cret"),
-            creds,
+            ("HANDLER", " bridge "),
+            ("BRIDGE_URL", "ws://bot"),
+            ("TWILIO_AUTH_TOKEN", "tok"),
         ])
         .unwrap();
-        assert_eq!(
-            c.handler,
-            HandlerKind::Bridge {
-                url: "wss://bot.example.com/stream?key=s3cret".into(),
-                connect_timeout: Duration::from_secs(5)
-            }
-        );
-        let line = c.to_string();
-        assert!(
-            line.contains("handler=bridge(wss://bot.example.com)"),
-            "{line}"
-        );
-        assert!(!line.contains("s3cret") && !line.contains("tok "), "{line}");
-        for (vars, variable) in [
-            (vec![("HANDLER", "agent")], "HANDLER"),
-            (vec![("HANDLER", "bridge"), creds], "BRIDGE_URL"),
-            (
-                vec![("HANDLER", "bridge"), ("BRIDGE_URL", "http://bot"), creds],
-                "BRIDGE_URL",
-            ),
-            (
-                vec![
-                    ("HANDLER", "bridge"),
-                    ("BRIDGE_URL", "ws://bot"),
-                    ("BRIDGE_CONNECT_TIMEOUT_SECS", "0"),
-                    creds,
-                ],
-                "BRIDGE_CONNECT_TIMEOUT_SECS",
-            ),
-            (
-                vec![("HANDLER", "bridge"), ("BRIDGE_URL", "ws://bot")],
-                "TWILIO_API_KEY_SID",
-            ),
-        ] {
-            let err = parse(&vars).unwrap_err();
-            assert_eq!(err.variable, variable, "{vars:?}: {err}");
-        }
+        assert_eq!(c.handler.name(), "bridge");
+        assert!(c.handler.needs_call_control());
         let missing = parse(&[("HANDLER", "bridge"), ("BRIDGE_URL", "ws://bot")]).unwrap_err();
         assert!(
             missing

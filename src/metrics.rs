@@ -63,12 +63,13 @@ impl Default for Metrics {
 impl Metrics {
     /// The service's own metrics.
     pub fn new() -> Self {
-        Self::new_with(|_| {})
+        Self::new_with(|_| ()).0
     }
 
     /// The service's own metrics, and those `register_app` adds to the same registry before it
-    /// is shared: the running call app's own, under the same `callvisor_` prefix.
-    pub fn new_with(register_app: impl FnOnce(&mut Registry)) -> Self {
+    /// is shared: the running call app's own (`CallApp::handler_factory`), under the same
+    /// `callvisor_` prefix. Returns what `register_app` returns beside them.
+    pub fn new_with<T>(register_app: impl FnOnce(&mut Registry) -> T) -> (Self, T) {
         let calls_active = Gauge::default();
         let calls_limit = Gauge::default();
         let draining = Gauge::default();
@@ -177,8 +178,8 @@ impl Metrics {
             "Frames to an upstream dropped because it did not keep up",
             upstream_dropped.clone(),
         );
-        register_app(&mut r);
-        Metrics {
+        let app = register_app(&mut r);
+        let metrics = Metrics {
             registry: Arc::new(r),
             calls_active,
             calls_limit,
@@ -198,7 +199,8 @@ impl Metrics {
             upstream_failures,
             upstream_frames,
             upstream_dropped,
-        }
+        };
+        (metrics, app)
     }
 
     /// The OpenMetrics text exposition (Prometheus reads it).

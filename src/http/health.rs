@@ -22,7 +22,7 @@ struct Health<'a> {
     uptime_secs: u64,
     /// `twilio-signature` or `disabled`.
     auth: &'static str,
-    /// The app calls run: `echo`, `bridge`.
+    /// The app calls run: its `HANDLER` name (`echo`, `bridge`, `openai`: `call::handlers::APPS`).
     handler: &'static str,
 }
 

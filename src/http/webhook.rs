@@ -8,7 +8,7 @@
 
 use actix_web::{http::Method, web, HttpRequest, HttpResponse};
 
-use crate::config::HandlerKind;
+use crate::call::handlers::Route;
 use crate::http::auth::{self, STREAM_TOKEN_TTL_SECS};
 use crate::http::{public_base_url, stream_status, websocket_base, AppState};
 use crate::twilio::signature::{unix_now, BOUND_PARAM, STREAM_TOKEN_PARAM};
@@ -91,23 +91,19 @@ pub async fn incoming_call(
         }
     };
 
-    // The voice agent: which agent answers this number. None is the number not in service.
-    let agent = match &config.handler {
-        HandlerKind::OpenAi(agent) => {
-            let to = param("To").unwrap_or("");
-            match agent.agents.for_number(to) {
-                Some(agent) => Some(agent.name.as_str()),
-                None => {
-                    log::warn!(call_sid = call_sid; "webhook: no agent answers To={to:?} and there is no default agent: not in service");
-                    state.metrics.webhook("not_in_service");
-                    let twiml = TwimlResponse::new().say(NOT_IN_SERVICE).hangup().build();
-                    return Ok(HttpResponse::Ok()
-                        .content_type("text/xml; charset=utf-8")
-                        .body(twiml));
-                }
-            }
+    // Which of the app's agents answers this number (the voice agent's routing), if it has any.
+    let to = param("To").unwrap_or("");
+    let agent = match config.handler.route(to) {
+        Route::Any => None,
+        Route::Agent(agent) => Some(agent),
+        Route::NotInService => {
+            log::warn!(call_sid = call_sid; "webhook: no agent answers To={to:?} and there is no default agent: not in service");
+            state.metrics.webhook("not_in_service");
+            let twiml = TwimlResponse::new().say(NOT_IN_SERVICE).hangup().build();
+            return Ok(HttpResponse::Ok()
+                .content_type("text/xml; charset=utf-8")
+                .body(twiml));
         }
-        _ => None,
     };
 
     let twiml = match answer {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use base64::Engine;
 use callvisor::call::handlers::openai::agents::{Agent, Agents, Destination, TransferTarget};
 use callvisor::call::handlers::openai::settings::AgentConfig;
-use callvisor::config::HandlerKind;
 use callvisor::fakes::realtime::{FakeRealtime, STALE_AUDIO_BYTE};
 use serde_json::{json, Value};
 
@@ -37,7 +36,7 @@ async fn agent_with(
     config.agents = Arc::new(Agents::single(agent));
     let base = twilio.base.clone();
     spawn_app_with(move |c| {
-        c.handler = HandlerKind::OpenAi(Arc::new(config));
+        c.handler = Arc::new(config);
         c.twilio_api_base_url = base;
         c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
     })
@@ -602,8 +601,7 @@ async fn a_rate_limited_or_unreachable_model_fails_the_call_over() {
         listener.local_addr().unwrap()
     };
     let app = spawn_app_with(move |c| {
-        c.handler =
-            HandlerKind::OpenAi(Arc::new(agent_config(&format!("ws://{gone}/v1/realtime"))));
+        c.handler = Arc::new(agent_config(&format!("ws://{gone}/v1/realtime")));
         c.twilio_api_base_url = twilio.base.clone();
         c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
     })

@@ -1,8 +1,9 @@
 //! `HANDLER=bridge`: a bot written for Twilio, unchanged, behind callvisor.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use callvisor::config::HandlerKind;
+use callvisor::call::handlers::BridgeSettings;
 use serde_json::json;
 
 use crate::bot::{refusing_url, silent_url, Bot};
@@ -14,10 +15,10 @@ const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
 async fn bridged(url: &str, twilio: &FakeTwilio) -> TestApp {
     let (url, base) = (url.to_string(), twilio.base.clone());
     spawn_app_with(move |c| {
-        c.handler = HandlerKind::Bridge {
+        c.handler = Arc::new(BridgeSettings {
             url,
             connect_timeout: Duration::from_secs(1),
-        };
+        });
         c.twilio_api_base_url = base;
         c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
     })
@@ -241,10 +242,10 @@ async fn a_bot_that_stops_reading_costs_dropped_audio_not_memory() {
     let (bot, twilio) = (Bot::start(), FakeTwilio::start(KEY_SID, "key-secret"));
     let (url, base) = (bot.url.clone(), twilio.base.clone());
     let app = spawn_app_with(move |c| {
-        c.handler = HandlerKind::Bridge {
+        c.handler = Arc::new(BridgeSettings {
             url,
             connect_timeout: Duration::from_secs(1),
-        };
+        });
         c.twilio_api_base_url = base;
         c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
         c.outbound_buffer_bytes = 16 * 1024;
@@ -328,10 +329,10 @@ async fn more_than_a_hundred_calls_bridge_at_once() {
     let (url, base) = (bot_url, twilio.base.clone());
     let app = spawn_app_with(move |c| {
         c.limit_concurrency = 150;
-        c.handler = HandlerKind::Bridge {
+        c.handler = Arc::new(BridgeSettings {
             url,
             connect_timeout: Duration::from_secs(5),
-        };
+        });
         c.twilio_api_base_url = base;
         c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
     })
@@ -364,10 +365,10 @@ async fn callsim_stands_in_for_twilios_rest_api_so_a_hang_up_ends_the_call() {
         .port();
     let url = bot.url.clone();
     let app = spawn_app_with(move |c| {
-        c.handler = HandlerKind::Bridge {
+        c.handler = Arc::new(BridgeSettings {
             url,
             connect_timeout: Duration::from_secs(5),
-        };
+        });
         c.twilio_api_base_url = format!("http://127.0.0.1:{api_port}");
         c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
     })

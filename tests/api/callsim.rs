@@ -426,8 +426,7 @@ async fn a_voice_caller_talks_to_the_agent_hears_its_answer_and_records_it() {
     let rest_url = format!("http://{rest}");
     let key_sid = "SK0123456789abcdef0123456789abcdef";
     let app = spawn_app_with(move |c| {
-        c.handler =
-            callvisor::config::HandlerKind::OpenAi(std::sync::Arc::new(agent_config(&model_url)));
+        c.handler = std::sync::Arc::new(agent_config(&model_url));
         c.twilio_api_base_url = rest_url;
         c.twilio_api_key = Some((key_sid.into(), "secret".to_string().into()));
     })

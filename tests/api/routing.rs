@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use callvisor::call::handlers::openai::agents::Agents;
-use callvisor::config::HandlerKind;
 use callvisor::fakes::realtime::FakeRealtime;
 use callvisor::fakes::twilio_rest::FakeTwilio;
 use callvisor::twilio::signature::sign;
@@ -66,7 +65,7 @@ async fn routed_app(model: &FakeRealtime, twilio: &FakeTwilio, text: &str) -> Te
     config.agents = Arc::new(agents(text));
     let base = twilio.base.clone();
     spawn_app_with(move |c| {
-        c.handler = HandlerKind::OpenAi(Arc::new(config));
+        c.handler = Arc::new(config);
         c.twilio_auth_token = Some(TOKEN.into());
         c.twilio_api_base_url = base;
         c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
@@ -445,7 +444,7 @@ url = "http://{tools}/broken"
         Some(callvisor::webhooks::WebhookSecret::parse(WEBHOOK_SECRET).unwrap());
     let base = twilio.base.clone();
     let app = spawn_app_with(move |c| {
-        c.handler = HandlerKind::OpenAi(Arc::new(config));
+        c.handler = Arc::new(config);
         c.twilio_api_base_url = base;
         c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
     })
@@ -590,7 +589,7 @@ async fn agent_config_url_configures_each_call_and_a_slow_or_failing_one_leaves_
     config.config_timeout = std::time::Duration::from_millis(300);
     let base = twilio.base.clone();
     let app = spawn_app_with(move |c| {
-        c.handler = HandlerKind::OpenAi(Arc::new(config));
+        c.handler = Arc::new(config);
         c.twilio_auth_token = Some(TOKEN.into());
         c.twilio_api_base_url = base;
         c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));

@@ -22,22 +22,84 @@ use std::time::Duration;
 use actix_ws::Message;
 use serde::Deserialize;
 
+use prometheus_client::registry::Registry;
+
 use crate::call::handler::{
-    Call, CallEnd, CallHandler, EndReason, HandlerError, MediaChunk, UpstreamEvent, UpstreamRequest,
+    Call, CallEnd, CallHandler, EndReason, HandlerError, HandlerFactory, MediaChunk, UpstreamEvent,
+    UpstreamRequest,
 };
-use crate::config::is_e164;
+use crate::call::handlers::{AppEntry, CallApp};
+use crate::config::{is_e164, parse_var, url_origin, valid_ws_url, ConfigError};
 use crate::twilio::messages::{Start, TwilioFrame};
 use crate::twilio::signature::STREAM_TOKEN_PARAM;
+
+pub const ENV_BRIDGE_URL: &str = "BRIDGE_URL";
+pub const ENV_BRIDGE_CONNECT_TIMEOUT_SECS: &str = "BRIDGE_CONNECT_TIMEOUT_SECS";
+pub const DEFAULT_BRIDGE_CONNECT_TIMEOUT_SECS: u64 = 5;
 
 /// Audio from Twilio kept while the bot's socket opens: 1 s of 20 ms frames. Older frames are
 /// dropped first (the bot hears the most recent second).
 const PENDING_MEDIA: usize = 50;
 
-/// What every bridged call shares.
-#[derive(Debug, Clone)]
+/// `HANDLER=bridge`.
+pub const APP: AppEntry = AppEntry {
+    name: "bridge",
+    from_env: |get| Ok(Arc::new(BridgeSettings::from_env(get)?)),
+};
+
+/// What every bridged call shares: the app's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeSettings {
+    /// `BRIDGE_URL`: `ws://` or `wss://` (its path and query may hold a credential).
     pub url: String,
+    /// `BRIDGE_CONNECT_TIMEOUT_SECS`.
     pub connect_timeout: Duration,
+}
+
+impl BridgeSettings {
+    /// `HANDLER=bridge`'s variables.
+    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let url = parse_var(
+            get,
+            ENV_BRIDGE_URL,
+            "a ws:// or wss:// URL of the bot",
+            valid_ws_url,
+        )?
+        .ok_or(ConfigError {
+            variable: ENV_BRIDGE_URL,
+            value: String::new(),
+            expected: "HANDLER=bridge relays every call to it; set a ws:// or wss:// URL".into(),
+        })?;
+        let connect_timeout = Duration::from_secs(
+            parse_var(
+                get,
+                ENV_BRIDGE_CONNECT_TIMEOUT_SECS,
+                "a whole number of seconds from 1 to 60",
+                |v| v.parse::<u64>().is_ok_and(|n| (1..=60).contains(&n)),
+            )?
+            .map_or(DEFAULT_BRIDGE_CONNECT_TIMEOUT_SECS, |v| v.parse().unwrap()),
+        );
+        Ok(BridgeSettings {
+            url,
+            connect_timeout,
+        })
+    }
+}
+
+impl CallApp for BridgeSettings {
+    fn name(&self) -> &'static str {
+        APP.name
+    }
+
+    /// The bot's origin only: its path and query may hold a credential.
+    fn describe(&self) -> String {
+        url_origin(&self.url).to_string()
+    }
+
+    /// The bridge's metrics are the service's `callvisor_upstream_*` (every upstream's).
+    fn handler_factory(self: Arc<Self>, _: &mut Registry) -> HandlerFactory {
+        Arc::new(move || Box::new(BridgeHandler::new(self.clone())))
+    }
 }
 
 /// One call's relay.
@@ -247,6 +309,81 @@ struct BotMark {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: std::collections::HashMap<&str, &str> = vars.iter().copied().collect();
+        Config::from_lookup(|k| map.get(k).map(|v| v.to_string()))
+    }
+
+    fn bridge(config: &Config) -> &BridgeSettings {
+        config.handler.downcast_ref().expect("HANDLER=bridge")
+    }
+
+    #[test]
+    fn reads_every_bridge_variable() {
+        let c = parse(&[
+            ("HANDLER", "bridge"),
+            ("BRIDGE_URL", "ws://bot.test/stream"),
+            ("BRIDGE_CONNECT_TIMEOUT_SECS", "9"),
+            ("TWILIO_AUTH_TOKEN", "tok"),
+        ])
+        .unwrap();
+        assert_eq!(
+            bridge(&c),
+            &BridgeSettings {
+                url: "ws://bot.test/stream".into(),
+                connect_timeout: Duration::from_secs(9),
+            }
+        );
+    }
+
+    #[test]
+    fn a_bridge_needs_its_url_and_call_control_and_never_shows_its_query() {
+        let creds = ("TWILIO_AUTH_TOKEN", "tok");
+        let c = parse(&[
+            ("HANDLER", "bridge"),
+            ("BRIDGE_URL", "wss://bot.example.com/stream?key=s3cret"),
+            creds,
+        ])
+        .unwrap();
+        assert_eq!(
+            bridge(&c),
+            &BridgeSettings {
+                url: "wss://bot.example.com/stream?key=s3cret".into(),
+                connect_timeout: Duration::from_secs(5)
+            }
+        );
+        let line = c.to_string();
+        assert!(
+            line.contains("handler=bridge(wss://bot.example.com)"),
+            "{line}"
+        );
+        assert!(!line.contains("s3cret") && !line.contains("tok "), "{line}");
+        for (vars, variable) in [
+            (vec![("HANDLER", "bridge"), creds], "BRIDGE_URL"),
+            (
+                vec![("HANDLER", "bridge"), ("BRIDGE_URL", "http://bot"), creds],
+                "BRIDGE_URL",
+            ),
+            (
+                vec![
+                    ("HANDLER", "bridge"),
+                    ("BRIDGE_URL", "ws://bot"),
+                    ("BRIDGE_CONNECT_TIMEOUT_SECS", "0"),
+                    creds,
+                ],
+                "BRIDGE_CONNECT_TIMEOUT_SECS",
+            ),
+            (
+                vec![("HANDLER", "bridge"), ("BRIDGE_URL", "ws://bot")],
+                "TWILIO_API_KEY_SID",
+            ),
+        ] {
+            let err = parse(&vars).unwrap_err();
+            assert_eq!(err.variable, variable, "{vars:?}: {err}");
+        }
+    }
 
     #[test]
     fn transfers_only_go_to_e164_numbers() {

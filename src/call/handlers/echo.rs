@@ -1,8 +1,39 @@
 //! The echo handler: every inbound audio chunk goes straight back to the caller. It is the
 //! default handler, the one the tests and the benchmark measure.
 
-use crate::call::handler::{Call, CallHandler, HandlerError, MediaChunk};
+use std::sync::Arc;
 
+use prometheus_client::registry::Registry;
+
+use crate::call::handler::{Call, CallHandler, HandlerError, HandlerFactory, MediaChunk};
+use crate::call::handlers::{AppEntry, CallApp};
+
+/// `HANDLER=echo` (the default): no settings, no metrics of its own, no call control.
+pub const APP: AppEntry = AppEntry {
+    name: "echo",
+    from_env: |_| Ok(Arc::new(EchoApp)),
+};
+
+/// The echo app: it has nothing to configure.
+#[derive(Debug, Default)]
+pub struct EchoApp;
+
+impl CallApp for EchoApp {
+    fn name(&self) -> &'static str {
+        APP.name
+    }
+
+    /// Echo never ends a call itself: the caller hangs up.
+    fn needs_call_control(&self) -> bool {
+        false
+    }
+
+    fn handler_factory(self: Arc<Self>, _: &mut Registry) -> HandlerFactory {
+        Arc::new(|| Box::new(EchoHandler))
+    }
+}
+
+/// One call's echo.
 #[derive(Debug, Default)]
 pub struct EchoHandler;
 

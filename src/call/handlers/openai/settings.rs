@@ -1,18 +1,32 @@
-//! `HANDLER=openai`'s settings, read from the environment: the OpenAI Realtime connection, the
-//! agents (`AGENTS_FILE`, or the `AGENT_*` variables' one agent) and the business's per-call
-//! configuration. A bad value is a startup error naming the variable, as everywhere in
-//! [`crate::config`].
+//! `HANDLER=openai` as the server sees it: its registry entry ([`APP`]), its settings read from
+//! the environment (the OpenAI Realtime connection, the agents: `AGENTS_FILE`, or the `AGENT_*`
+//! variables' one agent, and the business's per-call configuration), and the app around them
+//! ([`CallApp`]: routing by the number called, its metrics, one [`OpenAiAgent`] per call). A bad
+//! value is a startup error naming the variable, as everywhere in [`crate::config`].
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
 use secrecy::SecretString;
 
 use super::agents::{Agent, Agents, AgentsError, Destination, TransferTarget};
-use crate::config::{is_e164, valid_base_url, valid_ws_url, ConfigError, ENV_WEBHOOK_SECRET};
+use super::metrics::AgentMetrics;
+use super::OpenAiAgent;
+use crate::call::handler::HandlerFactory;
+use crate::call::handlers::{AppEntry, CallApp, Route};
+use crate::config::{
+    is_e164, url_origin, valid_base_url, valid_ws_url, ConfigError, ENV_WEBHOOK_SECRET,
+};
 use crate::webhooks::WebhookSecret;
+
+/// `HANDLER=openai`.
+pub const APP: AppEntry = AppEntry {
+    name: "openai",
+    from_env: |get| Ok(Arc::new(AgentConfig::from_env(get)?)),
+};
 
 pub const ENV_OPENAI_API_KEY: &str = "OPENAI_API_KEY";
 pub const ENV_OPENAI_REALTIME_URL: &str = "OPENAI_REALTIME_URL";
@@ -152,6 +166,50 @@ impl AgentConfig {
             agents: Arc::new(agents),
             webhook_secret,
         })
+    }
+}
+
+impl CallApp for AgentConfig {
+    fn name(&self) -> &'static str {
+        APP.name
+    }
+
+    /// The model's origin, and the one agent's model and voice, or the agents file and its
+    /// agents' names.
+    fn describe(&self) -> String {
+        match (self.agents.file(), self.agents.iter().next()) {
+            (None, Some(only)) => format!(
+                "{} model={} voice={}",
+                url_origin(&self.url),
+                only.model,
+                only.voice
+            ),
+            (file, _) => format!(
+                "{} agents_file={} agents={}",
+                url_origin(&self.url),
+                file.map_or_else(|| "-".into(), |f| f.display().to_string()),
+                self.agents
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+
+    /// The agent for the number called, else the default agent; with neither, the number is not
+    /// in service.
+    fn route(&self, to: &str) -> Route<'_> {
+        match self.agents.for_number(to) {
+            Some(agent) => Route::Agent(agent.name.as_str()),
+            None => Route::NotInService,
+        }
+    }
+
+    /// Registers the `callvisor_agent_*` metrics; each call gets its own [`OpenAiAgent`].
+    fn handler_factory(self: Arc<Self>, registry: &mut Registry) -> HandlerFactory {
+        let metrics = AgentMetrics::register(registry);
+        Arc::new(move || Box::new(OpenAiAgent::new(self.clone(), metrics.clone())))
     }
 }
 
@@ -332,7 +390,7 @@ fn env_agent(get: &dyn Fn(&str) -> Option<String>, model: String) -> Result<Agen
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, HandlerKind};
+    use crate::config::Config;
     use std::collections::HashMap;
 
     fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -341,6 +399,14 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    /// The running app's settings: `HANDLER=openai`'s.
+    fn agent_of(config: &Config) -> &AgentConfig {
+        config
+            .handler
+            .downcast_ref()
+            .unwrap_or_else(|| panic!("not HANDLER=openai: {:?}", config.handler))
     }
 
     /// The same for `HANDLER=openai`: every agent variable set to something other than its
@@ -355,10 +421,7 @@ mod tests {
                 ("TWILIO_AUTH_TOKEN", "tok"),
             ];
             all.extend_from_slice(vars);
-            match parse(&all).unwrap().handler {
-                HandlerKind::OpenAi(agent) => agent,
-                other => panic!("{other:?}"),
-            }
+            agent_of(&parse(&all).unwrap()).clone()
         };
         let a = agent(&[
             ("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime"),
@@ -479,9 +542,7 @@ dtmf = "off"
         ])
         .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        let HandlerKind::OpenAi(agent) = &c.handler else {
-            panic!("{:?}", c.handler)
-        };
+        let agent = agent_of(&c);
         let names: Vec<&str> = agent.agents.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["support", "sales"]);
         let support = agent.agents.for_number("+15550001111").unwrap();
@@ -609,9 +670,7 @@ dtmf = "off"
         assert!(short.to_string().contains("decodes to 5 bytes"), "{short}");
         assert!(!format!("{bad} {bad:?}").contains("s3cret"));
         let good = good.unwrap();
-        let HandlerKind::OpenAi(agent) = &good.handler else {
-            panic!()
-        };
+        let agent = agent_of(&good);
         assert!(agent.webhook_secret.is_some());
         let shown = format!("{good} {good:?}");
         assert!(
@@ -642,15 +701,11 @@ dtmf = "off"
         let secret = ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
         let url = ("AGENT_CONFIG_URL", "https://api.example.com/voice/config");
         let c = with(&[url, secret, ("AGENT_CONFIG_TIMEOUT_MS", "900")]).unwrap();
-        let HandlerKind::OpenAi(agent) = &c.handler else {
-            panic!("{:?}", c.handler)
-        };
+        let agent = agent_of(&c);
         assert_eq!(agent.config_url.as_deref(), Some(url.1));
         assert_eq!(agent.config_timeout, Duration::from_millis(900));
         let c = with(&[url, secret]).unwrap();
-        let HandlerKind::OpenAi(agent) = &c.handler else {
-            panic!("{:?}", c.handler)
-        };
+        let agent = agent_of(&c);
         assert_eq!(agent.config_timeout, Duration::from_millis(1500));
         assert_eq!(with(&[url]).unwrap_err().variable, "WEBHOOK_SECRET");
         for bad in ["ftp://x", "https://x/?q=1", "x"] {
@@ -675,9 +730,7 @@ dtmf = "off"
             creds,
         ])
         .unwrap();
-        let HandlerKind::OpenAi(agent) = &c.handler else {
-            panic!("{:?}", c.handler)
-        };
+        let agent = agent_of(&c);
         use secrecy::ExposeSecret;
         assert_eq!(agent.api_key.expose_secret(), "sk-s3cret");
         assert_eq!(
