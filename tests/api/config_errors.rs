@@ -20,8 +20,13 @@ fn run_with_all(vars: &[(&str, &str)]) -> std::process::Output {
 
 #[test]
 fn a_call_app_that_cannot_run_exits_2_saying_what_is_missing() {
+    // `expected echo, bridge or openai`: the registry's names (src/call/handlers/mod.rs).
+    let bad_handler = format!(
+        "invalid HANDLER=\"agent\": expected {}",
+        callvisor::call::handlers::names()
+    );
     for (vars, needle) in [
-        (vec![("HANDLER", "agent")], "invalid HANDLER=\"agent\": expected echo, bridge or openai"),
+        (vec![("HANDLER", "agent")], bad_handler.as_str()),
         (
             vec![("HANDLER", "bridge"), ("TWILIO_AUTH_TOKEN", "t")],
             "missing BRIDGE_URL",
