@@ -19,7 +19,8 @@
 //!
 //! - [`call::supervisor`]: the single owner of admission and counts.
 //! - [`call::session`]: the actor that owns one call's WebSocket (and its app's upstream).
-//! - [`call::handler`]: the app contract; [`call::handlers`]: echo, bridge, openai.
+//! - [`call::handler`]: the app contract; [`call::handlers`]: the apps (echo, bridge, openai)
+//!   behind one registry, `HANDLER`'s names.
 //! - [`twilio`]: the wire formats (stream messages, TwiML, signatures) and REST call control.
 //! - [`drain`]: SIGTERM handling: drain, hand-off, exit.
 //! - [`client`]: the HTTP/WebSocket client of every connection callvisor opens (TCP_NODELAY).
