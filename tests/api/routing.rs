@@ -17,6 +17,10 @@ const TOKEN: &str = "routing-auth-token";
 const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// The support agent's prompt, in a file next to the agents file (`instructions_file` is
+/// relative to it, not to the binary's working folder).
+const SUPPORT_PROMPT: &str = "Support for {{From}}.";
+
 const AGENTS: &str = r#"
 [defaults]
 model = "gpt-realtime-2.1"
@@ -24,7 +28,7 @@ model = "gpt-realtime-2.1"
 [agents.support]
 numbers = ["+15550001111"]
 default = true
-instructions = "Support for {{From}}."
+instructions_file = "prompts/support.md"
 greeting = "Support here."
 voice = "cedar"
 
@@ -51,11 +55,13 @@ require_approval = "never"
 headers_from_env = { Authorization = "CRM_MCP_AUTHORIZATION" }
 "#;
 
-/// A folder of the test's own holding `agents.toml` = `text`; the file's path.
+/// A folder of the test's own holding `agents.toml` = `text` and the prompt it names; the
+/// file's path.
 fn agents_file(test: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("callvisor-routing-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(dir.join("prompts")).unwrap();
+    std::fs::write(dir.join("prompts/support.md"), SUPPORT_PROMPT).unwrap();
     let file = dir.join("agents.toml");
     std::fs::write(&file, text).unwrap();
     file
@@ -173,8 +179,11 @@ async fn two_numbers_reach_two_agents_and_an_unknown_number_the_default() {
         let session = &update["session"];
         match *agent {
             "sales" => {
-                // An unfilled placeholder is removed, not read out.
+                // An unfilled placeholder is removed, not read out, and logged.
                 assert_eq!(session["instructions"], "Sales for +14155550100, now.");
+                let warned = bin.wait_for_log("agent: no value for {{Unknown}}").await;
+                assert!(warned.contains("WARN"), "{warned}");
+                assert!(warned.contains("CAsales"), "{warned}");
                 assert_eq!(session["audio"]["output"]["voice"], "marin");
                 assert_eq!(
                     session["audio"]["input"]["turn_detection"],
@@ -205,6 +214,7 @@ async fn two_numbers_reach_two_agents_and_an_unknown_number_the_default() {
                 );
             }
             _ => {
+                // From `prompts/support.md`, beside the agents file.
                 assert_eq!(session["instructions"], "Support for +14155550100.");
                 assert_eq!(session["audio"]["output"]["voice"], "cedar");
                 assert!(said.contains("Support here."), "{said}");
@@ -255,6 +265,11 @@ async fn without_a_default_agent_an_unknown_number_is_not_in_service() {
         Some("The number you have called is not in service.")
     );
     assert!(twiml.hangup);
+    let warned = bin
+        .wait_for_log("no agent answers To=\"+15559999999\"")
+        .await;
+    assert!(warned.contains("WARN"), "{warned}");
+    assert!(warned.contains("CAnowhere"), "{warned}");
     let m = scrape(&bin.app).await;
     assert_eq!(
         metric(
