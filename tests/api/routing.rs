@@ -91,7 +91,10 @@ async fn routed_binary(
         ("CRM_MCP_AUTHORIZATION", "Bearer crm-key"),
     ];
     env.extend_from_slice(extra);
-    spawn_binary(&env).await
+    let bin = spawn_binary(&env).await;
+    // Read at load, before the binary listens: the folder has served its purpose.
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+    bin
 }
 
 /// Twilio's webhook for a call to `to`, signed; the TwiML it got.
