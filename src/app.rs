@@ -95,18 +95,25 @@ impl Application {
                     std::io::Error::other(format!(
                         "{}={:?}: the records spool cannot be used: {e}",
                         crate::records::ENV_CALL_EVENTS_SPOOL_DIR,
-                        settings.delivery.spool_dir.as_deref().unwrap_or(Path::new("")),
+                        settings
+                            .delivery
+                            .spool_dir
+                            .as_deref()
+                            .unwrap_or(Path::new("")),
                     ))
                 })?,
             ),
             None => None,
         };
-        let recorder = records.as_ref().zip(config.records.as_ref()).map(|(d, s)| Recorder {
-            deliveries: d.clone(),
-            replica: config.replica.clone(),
-            app: config.handler.name(),
-            transcript_cap: s.transcript_cap,
-        });
+        let recorder = records
+            .as_ref()
+            .zip(config.records.as_ref())
+            .map(|(d, s)| Recorder {
+                deliveries: d.clone(),
+                replica: config.replica.clone(),
+                app: config.handler.name(),
+                transcript_cap: s.transcript_cap,
+            });
         let state = AppState {
             recorder,
             control,

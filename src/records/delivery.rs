@@ -102,12 +102,14 @@ impl Deliveries {
                 flush: None,
             };
             let now = Instant::now();
-            delivery.queue.extend(pending.into_iter().map(|record| Entry {
-                record,
-                attempts: 0,
-                due: now,
-                in_flight: false,
-            }));
+            delivery
+                .queue
+                .extend(pending.into_iter().map(|record| Entry {
+                    record,
+                    attempts: 0,
+                    due: now,
+                    in_flight: false,
+                }));
             delivery
         });
         Ok(Deliveries { addr })
@@ -271,10 +273,12 @@ impl Delivery {
                 .map(|e| e.due)
                 .min()
             {
-                self.wake = Some(ctx.run_later(next.saturating_duration_since(now), |act, ctx| {
-                    act.wake = None;
-                    act.pump(ctx)
-                }));
+                self.wake = Some(
+                    ctx.run_later(next.saturating_duration_since(now), |act, ctx| {
+                        act.wake = None;
+                        act.pump(ctx)
+                    }),
+                );
             }
         }
     }
@@ -282,10 +286,11 @@ impl Delivery {
     fn attempt(&mut self, record: Record, ctx: &mut Context<Self>) {
         let client = self.client.clone().expect("made at start");
         let url = self.settings.url.clone();
-        let headers = self
-            .settings
-            .secret
-            .headers(&record.id, &record.body, crate::twilio::signature::unix_now());
+        let headers = self.settings.secret.headers(
+            &record.id,
+            &record.body,
+            crate::twilio::signature::unix_now(),
+        );
         let started = Instant::now();
         let id = record.id.clone();
         let fut = async move {
@@ -307,9 +312,10 @@ impl Delivery {
                 Err(format!("HTTP {}", status.as_u16()))
             }
         };
-        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            act.answered(&id, result, started, ctx)
-        }));
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |result, act, ctx| act.answered(&id, result, started, ctx)),
+        );
     }
 
     fn answered(

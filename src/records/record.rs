@@ -338,7 +338,10 @@ mod tests {
         r.finish();
         let turns = r.transcript.as_ref().unwrap();
         assert_eq!(turns.len(), 2);
-        assert_eq!((turns[0].role, turns[0].text.as_str()), (Role::Caller, "Hi"));
+        assert_eq!(
+            (turns[0].role, turns[0].text.as_str()),
+            (Role::Caller, "Hi")
+        );
         assert_eq!(turns[1].text, "Hello there!");
         assert!(turns[1].interrupted);
         assert_eq!((turns[1].end_ms, turns[1].heard_ms), (500, Some(400)));
@@ -354,7 +357,10 @@ mod tests {
         u.add(&one);
         u.add(&one);
         assert_eq!(u.responses, 2);
-        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens), (40, 20, 60));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.total_tokens),
+            (40, 20, 60)
+        );
         assert_eq!(u.input_token_details.cached_tokens, 8);
         assert_eq!(u.output_token_details.audio_tokens, 14);
     }

@@ -18,8 +18,8 @@ use futures_util::Stream;
 use super::{call_log, CallSession, CallState, EndReason, Sids};
 use crate::call::handler::MediaChunk;
 use crate::call::supervisor::BindCall;
-use crate::records::{CallIdentity, CallRecords};
 use crate::http::socket::PEER_STALL_TIMEOUT;
+use crate::records::{CallIdentity, CallRecords};
 use crate::twilio::messages::StreamEvent;
 use crate::twilio::signature::{unix_now, BOUND_PARAM, STREAM_TOKEN_PARAM};
 
@@ -148,9 +148,7 @@ impl CallSession {
                             // The app names it (`Call::record`), in its start.
                             agent: None,
                             replica: recorder.replica.clone(),
-                            attempt: param("attempt")
-                                .and_then(|a| a.parse().ok())
-                                .unwrap_or(1),
+                            attempt: param("attempt").and_then(|a| a.parse().ok()).unwrap_or(1),
                         },
                     )
                 });
