@@ -2,6 +2,7 @@
 //! supervisor, wires the routes.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::Arc;
 
 use actix::Actor;
@@ -13,6 +14,7 @@ use crate::config::Config;
 use crate::http::auth::TwilioAuth;
 use crate::http::{health, metrics, socket, stream, stream_status, webhook, AppState};
 use crate::metrics::Metrics;
+use crate::records::{Deliveries, Recorder};
 use crate::twilio::rest::CallControl;
 
 /// A bound, not yet running server.
@@ -20,6 +22,7 @@ pub struct Application {
     port: u16,
     server: Server,
     supervisor: actix::Addr<CallSupervisor>,
+    records: Option<Deliveries>,
 }
 
 impl Application {
@@ -70,7 +73,33 @@ impl Application {
                 metrics.clone(),
             )
         });
+        let records = match &config.records {
+            Some(settings) => Some(
+                Deliveries::start(settings.delivery.clone(), metrics.clone()).map_err(|e| {
+                    std::io::Error::other(format!(
+                        "{}={:?}: the records spool cannot be used: {e}",
+                        crate::records::ENV_CALL_EVENTS_SPOOL_DIR,
+                        settings
+                            .delivery
+                            .spool_dir
+                            .as_deref()
+                            .unwrap_or(Path::new("")),
+                    ))
+                })?,
+            ),
+            None => None,
+        };
+        let recorder = records
+            .as_ref()
+            .zip(config.records.as_ref())
+            .map(|(d, s)| Recorder {
+                deliveries: d.clone(),
+                replica: config.replica.clone(),
+                app: config.handler.name(),
+                transcript_cap: s.transcript_cap,
+            });
         let state = AppState {
+            recorder,
             control,
             metrics,
             auth,
@@ -114,6 +143,7 @@ impl Application {
             port,
             server,
             supervisor,
+            records,
         })
     }
 
@@ -124,6 +154,11 @@ impl Application {
 
     pub fn supervisor(&self) -> actix::Addr<CallSupervisor> {
         self.supervisor.clone()
+    }
+
+    /// The call records' delivery (`CALL_EVENTS_URL`), for the drain to flush.
+    pub fn records(&self) -> Option<Deliveries> {
+        self.records.clone()
     }
 
     /// Stops the server from outside (after a drain).

@@ -13,6 +13,7 @@ use secrecy::SecretString;
 
 use crate::call::handlers::{self, CallApp};
 use crate::logging::LogFormat;
+use crate::webhooks::WebhookSecret;
 
 pub const ENV_PORT: &str = "PORT";
 pub const DEFAULT_PORT: u16 = 8080;
@@ -98,6 +99,10 @@ pub struct Config {
     pub twilio_api_key: Option<(String, SecretString)>,
     /// The app every call runs (`HANDLER`), with its settings.
     pub handler: Arc<dyn CallApp>,
+    /// Call records (`CALL_EVENTS_URL`); `None`: none are made.
+    pub records: Option<crate::records::RecordSettings>,
+    /// `RECORD_CALLS`: Twilio records each call (`None`: it does not).
+    pub recording: Option<crate::records::recording::RecordingSettings>,
 }
 
 /// A variable that is set to something this service cannot use.
@@ -275,7 +280,22 @@ impl Config {
             });
         }
 
+        let records = crate::records::settings_from(&get, webhook_secret(&get)?.as_ref())?;
+        let recording = crate::records::recording::settings_from(&get)?;
+        if recording.is_some() && twilio_api_key.is_none() && twilio_auth_token.is_none() {
+            return Err(ConfigError {
+                variable: crate::records::recording::ENV_RECORD_CALLS,
+                value: get(crate::records::recording::ENV_RECORD_CALLS).unwrap_or_default(),
+                expected: "Twilio REST credentials to start recordings with: set \
+                           TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET, or TWILIO_AUTH_TOKEN \
+                           (or RECORD_CALLS=off)"
+                    .into(),
+            });
+        }
+
         Ok(Config {
+            records,
+            recording,
             handler,
             log_format,
             drain_timeout,
@@ -398,6 +418,26 @@ pub(crate) fn valid_base_url(v: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// `WEBHOOK_SECRET`: signs every request to the business (tools, per-call configuration, call
+/// records). Never logged.
+pub fn webhook_secret(
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<WebhookSecret>, ConfigError> {
+    get(ENV_WEBHOOK_SECRET)
+        .map(|text| {
+            WebhookSecret::parse(text.trim()).map_err(|e| ConfigError {
+                variable: ENV_WEBHOOK_SECRET,
+                value: "(hidden)".into(),
+                expected: format!(
+                    "whsec_ and the base64 of at least {} random bytes: {e}",
+                    crate::webhooks::MIN_KEY_BYTES
+                )
+                .into(),
+            })
+        })
+        .transpose()
 }
 
 /// `+` then 2 to 15 digits, the first not 0 (ITU E.164).

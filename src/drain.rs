@@ -41,22 +41,37 @@ impl Signals {
     }
 }
 
-/// Waits for the first signal, then drains; returns once no call is left on this replica.
+/// Waits for the first signal, then drains; returns once no call is left on this replica, with
+/// the time until which call records may still be delivered: the drain's deadline, and at
+/// least [`RECORDS_AFTER_LAST_CALL`] after the last call ended.
 pub async fn wait_and_drain(
+    signals: Signals,
+    supervisor: Addr<CallSupervisor>,
+    timeout: Duration,
+) -> Instant {
+    let deadline = drain(signals, supervisor, timeout).await;
+    deadline.max(Instant::now() + RECORDS_AFTER_LAST_CALL)
+}
+
+/// What the last calls of a drain (handed off at its deadline) get for their records.
+pub const RECORDS_AFTER_LAST_CALL: Duration = Duration::from_secs(3);
+
+/// Drains; returns the drain's deadline once no call is left.
+async fn drain(
     mut signals: Signals,
     supervisor: Addr<CallSupervisor>,
     timeout: Duration,
-) {
+) -> Instant {
     let first = signals.next().await;
+    let deadline = Instant::now() + timeout;
     let Ok(mut drained) = supervisor.send(StartDrain).await else {
-        return;
+        return deadline;
     };
     let live = live_calls(&supervisor).await;
     log::info!(
         "{first}: draining: {live} live call(s), no new calls admitted, hand-off deadline in {}s",
         timeout.as_secs()
     );
-    let deadline = Instant::now() + timeout;
     let mut progress = interval(PROGRESS_EVERY);
     progress.tick().await;
     let mut handed_off = false;
@@ -65,7 +80,7 @@ pub async fn wait_and_drain(
         tokio::select! {
             _ = &mut drained => {
                 log::info!("drain complete: no call left, exiting");
-                return;
+                return deadline;
             }
             _ = sleep_until(deadline), if !handed_off => {
                 hand_off(&supervisor, "drain deadline").await;
@@ -83,7 +98,7 @@ pub async fn wait_and_drain(
                     live_calls(&supervisor).await,
                     HANDOFF_GRACE.as_secs()
                 );
-                return;
+                return deadline;
             }
             _ = progress.tick() => {
                 log::info!("draining: {} call(s) left", live_calls(&supervisor).await);

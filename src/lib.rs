@@ -44,5 +44,6 @@ pub mod fakes;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod records;
 pub mod twilio;
 pub mod webhooks;

@@ -50,11 +50,16 @@ fn main() -> ExitCode {
         let signals = Signals::install()?;
         let app = Application::build(config)?;
         log::info!("listening on port {}", app.port());
-        let (handle, supervisor) = (app.handle(), app.supervisor());
+        let (handle, supervisor, records) = (app.handle(), app.supervisor(), app.records());
         let server = actix_web::rt::spawn(app.run_until_stopped());
-        tokio::select! {
+        let deadline = tokio::select! {
             done = server => return done.unwrap_or(Ok(())),
-            _ = wait_and_drain(signals, supervisor, drain_timeout) => {}
+            deadline = wait_and_drain(signals, supervisor, drain_timeout) => deadline,
+        };
+        // The calls' records (hand-offs included) go on being delivered until the drain's
+        // deadline; what is left then is logged whole (or stays in the spool).
+        if let Some(records) = records {
+            records.flush(deadline.into_std()).await;
         }
         // Every call has ended or been handed over. A graceful stop still lets the last close
         // frames reach the wire (bounded by the server's shutdown timeout).

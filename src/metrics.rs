@@ -45,6 +45,13 @@ pub struct Metrics {
     /// Twilio REST call updates; `action`: hangup, transfer, say_hangup; `outcome`: ok,
     /// already_over (404: the call had ended), failed.
     pub call_control: Family<[(&'static str, &'static str); 2], Counter>,
+    /// Call records (`CALL_EVENTS_URL`) by `type` and `outcome` (delivered, retried, given_up),
+    /// the records waiting, and the time from a record's making to its delivery.
+    pub call_events: Family<[(&'static str, &'static str); 2], Counter>,
+    pub call_events_queue: Gauge,
+    pub call_events_delivery_seconds: Histogram,
+    /// `RECORD_CALLS`: recordings asked of Twilio, by outcome (started, exists, failed).
+    pub recordings: Family<Label, Counter>,
     /// Call apps' upstream WebSockets: handshake time, failures (`reason`: unreachable, lost),
     /// frames relayed (`direction`: to_upstream, from_upstream) and frames dropped because the
     /// upstream did not keep up.
@@ -85,6 +92,11 @@ impl Metrics {
         let call_duration = Histogram::new(exponential_buckets(1.0, 2.0, 15));
         let stream_status_events = Family::default();
         let call_control = Family::default();
+        let call_events = Family::default();
+        let call_events_queue = Gauge::default();
+        // 10 ms .. ~1.6 days: a record may wait for its receiver a long time.
+        let call_events_delivery_seconds = Histogram::new(exponential_buckets(0.01, 4.0, 14));
+        let recordings = Family::default();
         // 1 ms .. ~8 s
         let upstream_connect = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let upstream_failures = Family::default();
@@ -159,6 +171,26 @@ impl Metrics {
             call_control.clone(),
         );
         r.register(
+            "call_events",
+            "Call records (CALL_EVENTS_URL), by type and outcome (delivered, retried, given_up)",
+            call_events.clone(),
+        );
+        r.register(
+            "call_events_queue",
+            "Call records waiting for delivery",
+            call_events_queue.clone(),
+        );
+        r.register(
+            "call_events_delivery_seconds",
+            "From a call record's making to its delivery",
+            call_events_delivery_seconds.clone(),
+        );
+        r.register(
+            "recordings",
+            "RECORD_CALLS: Twilio recordings asked for, by outcome (started, exists, failed)",
+            recordings.clone(),
+        );
+        r.register(
             "upstream_connect_seconds",
             "Call apps' upstream WebSocket handshakes",
             upstream_connect.clone(),
@@ -195,6 +227,10 @@ impl Metrics {
             call_duration,
             stream_status_events,
             call_control,
+            call_events,
+            call_events_queue,
+            call_events_delivery_seconds,
+            recordings,
             upstream_connect,
             upstream_failures,
             upstream_frames,
@@ -213,6 +249,12 @@ impl Metrics {
     pub fn rejected(&self, reason: &'static str) {
         self.calls_rejected
             .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    pub fn call_event(&self, kind: &'static str, outcome: &'static str) {
+        self.call_events
+            .get_or_create(&[("type", kind), ("outcome", outcome)])
             .inc();
     }
 

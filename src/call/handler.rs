@@ -19,6 +19,7 @@ use bytestring::ByteString;
 use serde::Serialize;
 
 use crate::metrics::MediaCounts;
+use crate::records::{AppRecord, CallRecords};
 use crate::twilio::messages::{ServerFrame, Start};
 use crate::twilio::rest::{CallUpdate, ControlOutcome};
 
@@ -250,6 +251,7 @@ pub struct Call<'a> {
     frames: &'a mut Vec<String>,
     counts: &'a mut MediaCounts,
     requests: &'a mut Requests,
+    record: Option<&'a mut CallRecords>,
 }
 
 impl<'a> Call<'a> {
@@ -268,7 +270,25 @@ impl<'a> Call<'a> {
             frames,
             counts,
             requests,
+            record: None,
         }
+    }
+
+    /// The call's records in the making (`CALL_EVENTS_URL`), for [`Call::record`].
+    pub fn with_record(mut self, record: Option<&'a mut CallRecords>) -> Self {
+        self.record = record;
+        self
+    }
+
+    /// What the app adds to the call's `call.ended` record (docs/records.md); `None` when
+    /// records are off, so an app spends nothing on them then.
+    pub fn record(&mut self) -> Option<&mut AppRecord> {
+        self.record.as_deref_mut().map(|r| &mut r.app)
+    }
+
+    /// Milliseconds since the stream started, as the record counts them (0 without records).
+    pub fn elapsed_ms(&self) -> u64 {
+        self.record.as_deref().map_or(0, CallRecords::elapsed_ms)
     }
 
     pub fn call_sid(&self) -> &str {

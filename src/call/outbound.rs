@@ -70,6 +70,8 @@ pub struct OutboundQueue<S, I> {
     /// Whether a close also closes the sink (shuts the socket down). A WebSocket client must
     /// not: it sends its close frame, then waits for the server's before the connection ends.
     shutdown_on_close: bool,
+    /// Frames refused (overflow) or dropped unsent (a close that drops what is queued).
+    dropped: u64,
 }
 
 impl<S, I> OutboundQueue<S, I>
@@ -88,6 +90,7 @@ where
             closing: false,
             done: false,
             shutdown_on_close: true,
+            dropped: 0,
         }
     }
 
@@ -105,6 +108,7 @@ where
         }
         let size = frame.wire_size();
         if self.queued > 0 && self.queued + size > self.cap {
+            self.dropped += 1;
             return Err(Overflow { cap: self.cap });
         }
         self.queued += size;
@@ -122,6 +126,7 @@ where
             return;
         }
         if drop_queued {
+            self.dropped += self.frames.len() as u64;
             self.frames.clear();
             self.queued = 0;
         }
@@ -146,6 +151,12 @@ where
     /// The most bytes ever queued at once.
     pub fn peak(&self) -> usize {
         self.peak
+    }
+
+    /// Frames that never reached the socket: refused when the queue was full, dropped by a
+    /// close, or still queued now.
+    pub fn unsent(&self) -> u64 {
+        self.dropped + self.frames.len() as u64
     }
 
     /// Moves queued frames into the sink while it is ready. `Ready(Ok)` once a close is done,

@@ -26,6 +26,8 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// Twilio's REST API for call apps; `None` without credentials.
     pub control: Option<crate::twilio::rest::CallControl>,
+    /// Where calls' records go (`CALL_EVENTS_URL`); `None`: no records.
+    pub recorder: Option<crate::records::Recorder>,
 }
 
 impl AppState {

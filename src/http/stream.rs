@@ -37,6 +37,7 @@ pub async fn media_stream(
                 tokens: state.auth.as_ref().map(|a| a.tokens.clone()),
                 outbound_cap: state.config.outbound_buffer_bytes,
                 control: state.control.clone(),
+                recorder: state.recorder.clone(),
             };
             CallSession::new(
                 slot,

@@ -1,10 +1,11 @@
 //! Agents per number (`AGENTS_FILE`): the webhook picks the agent from `To`, the stream token
-//! carries it, the call runs that agent's settings. Signed webhooks and streams, as Twilio sends
-//! them, against the strict fakes of the Realtime API and Twilio's REST API.
+//! carries it, the call runs that agent's settings. The real `callvisor` binary, configured
+//! through its environment and an agents file on disk, with signed webhooks and streams as
+//! Twilio sends them, against the strict fakes of the Realtime API and Twilio's REST API, and
+//! the business's tool and config servers (which verify every signature on their own).
 
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use callvisor::call::handlers::openai::agents::Agents;
 use callvisor::fakes::realtime::FakeRealtime;
 use callvisor::fakes::twilio_rest::FakeTwilio;
 use callvisor::twilio::signature::sign;
@@ -14,6 +15,11 @@ use crate::helpers::*;
 
 const TOKEN: &str = "routing-auth-token";
 const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The support agent's prompt, in a file next to the agents file (`instructions_file` is
+/// relative to it, not to the binary's working folder).
+const SUPPORT_PROMPT: &str = "Support for {{From}}.";
 
 const AGENTS: &str = r#"
 [defaults]
@@ -22,7 +28,7 @@ model = "gpt-realtime-2.1"
 [agents.support]
 numbers = ["+15550001111"]
 default = true
-instructions = "Support for {{From}}."
+instructions_file = "prompts/support.md"
 greeting = "Support here."
 voice = "cedar"
 
@@ -49,28 +55,46 @@ require_approval = "never"
 headers_from_env = { Authorization = "CRM_MCP_AUTHORIZATION" }
 "#;
 
-fn agents(text: &str) -> Agents {
-    let env = |name: &str| (name == "CRM_MCP_AUTHORIZATION").then(|| "Bearer crm-key".to_string());
-    Agents::parse(
-        text,
-        std::path::Path::new("agents.toml"),
-        &env,
-        "gpt-realtime-2.1",
-    )
-    .expect("a valid agents file")
+/// A folder of the test's own holding `agents.toml` = `text` and the prompt it names; the
+/// file's path.
+fn agents_file(test: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("callvisor-routing-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("prompts")).unwrap();
+    std::fs::write(dir.join("prompts/support.md"), SUPPORT_PROMPT).unwrap();
+    let file = dir.join("agents.toml");
+    std::fs::write(&file, text).unwrap();
+    file
 }
 
-async fn routed_app(model: &FakeRealtime, twilio: &FakeTwilio, text: &str) -> TestApp {
-    let mut config = agent_config(&model.url);
-    config.agents = Arc::new(agents(text));
-    let base = twilio.base.clone();
-    spawn_app_with(move |c| {
-        c.handler = Arc::new(config);
-        c.twilio_auth_token = Some(TOKEN.into());
-        c.twilio_api_base_url = base;
-        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
-    })
-    .await
+/// The real binary answering with the agents of `text` (written for `test`), its model and
+/// Twilio's REST API the fakes, Twilio's requests authenticated, plus `extra` variables.
+async fn routed_binary(
+    test: &str,
+    model: &FakeRealtime,
+    twilio: &FakeTwilio,
+    text: &str,
+    extra: &[(&str, &str)],
+) -> BinaryApp {
+    let file = agents_file(test, text);
+    let mut env = vec![
+        ("HANDLER", "openai"),
+        ("OPENAI_API_KEY", "sk-test"),
+        ("OPENAI_REALTIME_URL", model.url.as_str()),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("TWILIO_API_BASE_URL", twilio.base.as_str()),
+        ("TWILIO_API_KEY_SID", KEY_SID),
+        ("TWILIO_API_KEY_SECRET", "key-secret"),
+        ("AGENTS_FILE", file.to_str().unwrap()),
+        ("WEBHOOK_SECRET", WEBHOOK_SECRET),
+        // The MCP server's header, as `headers_from_env` names it.
+        ("CRM_MCP_AUTHORIZATION", "Bearer crm-key"),
+    ];
+    env.extend_from_slice(extra);
+    let bin = spawn_binary(&env).await;
+    // Read at load, before the binary listens: the folder has served its purpose.
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+    bin
 }
 
 /// Twilio's webhook for a call to `to`, signed; the TwiML it got.
@@ -136,29 +160,33 @@ async fn two_numbers_reach_two_agents_and_an_unknown_number_the_default() {
         FakeRealtime::start("sk-test"),
         FakeTwilio::start(KEY_SID, "key-secret"),
     );
-    let app = routed_app(&model, &twilio, AGENTS).await;
+    let bin = routed_binary("two-numbers", &model, &twilio, AGENTS, &[]).await;
+    let app = &bin.app;
     let calls = [
         ("CAsales", "+15550002222", "sales"),
         ("CAsupport", "+15550001111", "support"),
         ("CAother", "+15559999999", "support"),
     ];
     for (n, (call_sid, to, agent)) in calls.iter().enumerate() {
-        let twiml = parse_twiml(&webhook_for(&app, call_sid, to).await);
+        let twiml = parse_twiml(&webhook_for(app, call_sid, to).await);
         assert!(
             twiml
                 .parameters
                 .contains(&("agent".to_string(), agent.to_string())),
             "{twiml:?}"
         );
-        let mut call = stream_for(&app, call_sid, &twiml, |_| {}).await;
+        let mut call = stream_for(app, call_sid, &twiml, |_| {}).await;
         let update = model.wait_for("session.update", n + 1).await;
         let greeting = model.wait_for("conversation.item.create", n + 1).await;
         let said = greeting["item"]["content"][0]["text"].as_str().unwrap();
         let session = &update["session"];
         match *agent {
             "sales" => {
-                // An unfilled placeholder is removed, not read out.
+                // An unfilled placeholder is removed, not read out, and logged.
                 assert_eq!(session["instructions"], "Sales for +14155550100, now.");
+                let warned = bin.wait_for_log("agent: no value for {{Unknown}}").await;
+                assert!(warned.contains("WARN"), "{warned}");
+                assert!(warned.contains("CAsales"), "{warned}");
                 assert_eq!(session["audio"]["output"]["voice"], "marin");
                 assert_eq!(
                     session["audio"]["input"]["turn_detection"],
@@ -189,6 +217,7 @@ async fn two_numbers_reach_two_agents_and_an_unknown_number_the_default() {
                 );
             }
             _ => {
+                // From `prompts/support.md`, beside the agents file.
                 assert_eq!(session["instructions"], "Support for +14155550100.");
                 assert_eq!(session["audio"]["output"]["voice"], "cedar");
                 assert!(said.contains("Support here."), "{said}");
@@ -208,9 +237,9 @@ async fn a_stream_token_for_one_agent_runs_it_whatever_the_stream_claims() {
         FakeRealtime::start("sk-test"),
         FakeTwilio::start(KEY_SID, "key-secret"),
     );
-    let app = routed_app(&model, &twilio, AGENTS).await;
-    let twiml = parse_twiml(&webhook_for(&app, "CAforged", "+15550002222").await);
-    let mut call = stream_for(&app, "CAforged", &twiml, |params| {
+    let bin = routed_binary("forged", &model, &twilio, AGENTS, &[]).await;
+    let twiml = parse_twiml(&webhook_for(&bin.app, "CAforged", "+15550002222").await);
+    let mut call = stream_for(&bin.app, "CAforged", &twiml, |params| {
         for (name, value) in params.iter_mut() {
             if name == "agent" {
                 *value = "support".into();
@@ -230,15 +259,21 @@ async fn without_a_default_agent_an_unknown_number_is_not_in_service() {
         FakeRealtime::start("sk-test"),
         FakeTwilio::start(KEY_SID, "key-secret"),
     );
-    let app = routed_app(&model, &twilio, &AGENTS.replace("default = true\n", "")).await;
-    let twiml = parse_twiml(&webhook_for(&app, "CAnowhere", "+15559999999").await);
+    let no_default = AGENTS.replace("default = true\n", "");
+    let bin = routed_binary("no-default", &model, &twilio, &no_default, &[]).await;
+    let twiml = parse_twiml(&webhook_for(&bin.app, "CAnowhere", "+15559999999").await);
     assert_eq!(twiml.stream_url, None);
     assert_eq!(
         twiml.say.as_deref(),
         Some("The number you have called is not in service.")
     );
     assert!(twiml.hangup);
-    let m = scrape(&app).await;
+    let warned = bin
+        .wait_for_log("no agent answers To=\"+15559999999\"")
+        .await;
+    assert!(warned.contains("WARN"), "{warned}");
+    assert!(warned.contains("CAnowhere"), "{warned}");
+    let m = scrape(&bin.app).await;
     assert_eq!(
         metric(
             &m,
@@ -254,7 +289,8 @@ async fn transfer_call_dials_the_target_the_model_names() {
         FakeRealtime::start("sk-test"),
         FakeTwilio::start(KEY_SID, "key-secret"),
     );
-    let app = routed_app(&model, &twilio, AGENTS).await;
+    let bin = routed_binary("transfer", &model, &twilio, AGENTS, &[]).await;
+    let app = &bin.app;
     for (n, (call_sid, target, dialled)) in [
         (
             "CApbx",
@@ -271,8 +307,8 @@ async fn transfer_call_dials_the_target_the_model_names() {
     .enumerate()
     {
         twilio.live_call(call_sid);
-        let twiml = parse_twiml(&webhook_for(&app, call_sid, "+15550002222").await);
-        let mut call = stream_for(&app, call_sid, &twiml, |_| {}).await;
+        let twiml = parse_twiml(&webhook_for(app, call_sid, "+15550002222").await);
+        let mut call = stream_for(app, call_sid, &twiml, |_| {}).await;
         model.wait_for("session.update", n + 1).await;
         model.speech_stopped().await;
         model
@@ -288,8 +324,8 @@ async fn transfer_call_dials_the_target_the_model_names() {
     }
     // An unknown target is told to the model; the call goes on.
     twilio.live_call("CAnope");
-    let twiml = parse_twiml(&webhook_for(&app, "CAnope", "+15550002222").await);
-    let mut call = stream_for(&app, "CAnope", &twiml, |_| {}).await;
+    let twiml = parse_twiml(&webhook_for(app, "CAnope", "+15550002222").await);
+    let mut call = stream_for(app, "CAnope", &twiml, |_| {}).await;
     model.wait_for("session.update", 3).await;
     model.speech_stopped().await;
     model
@@ -305,8 +341,6 @@ async fn transfer_call_dials_the_target_the_model_names() {
     assert_eq!(call.expect_close().await.0, 1000);
     assert!(twilio.answers("CAnope").is_empty());
 }
-
-const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// What the business's tool server saw of one request.
 #[derive(Debug, Clone)]
@@ -353,9 +387,13 @@ fn signature_ok(req: &actix_web::HttpRequest, body: &[u8]) -> bool {
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let fresh = timestamp
         .parse::<u64>()
-        .is_ok_and(|t| t.abs_diff(callvisor::twilio::signature::unix_now()) < 300);
+        .is_ok_and(|t| t.abs_diff(now) < 300);
     fresh && signature.split(' ').any(|s| s == expected)
 }
 
@@ -438,19 +476,11 @@ description = "Fails."
 url = "http://{tools}/broken"
 "#
     );
-    let mut config = agent_config(&model.url);
-    config.agents = Arc::new(agents(&file));
-    config.webhook_secret =
-        Some(callvisor::webhooks::WebhookSecret::parse(WEBHOOK_SECRET).unwrap());
-    let base = twilio.base.clone();
-    let app = spawn_app_with(move |c| {
-        c.handler = Arc::new(config);
-        c.twilio_api_base_url = base;
-        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
-    })
-    .await;
+    let bin = routed_binary("tools", &model, &twilio, &file, &[]).await;
+    let app = &bin.app;
     let sid = stream_sid_for("CAtools");
-    let mut call = app.start_call("CAtools").await;
+    let twiml = parse_twiml(&webhook_for(app, "CAtools", "+15550001111").await);
+    let mut call = stream_for(app, "CAtools", &twiml, |_| {}).await;
     model.wait_for("session.update", 1).await;
 
     // Two lookups in one response: both sent at once, each answer to the model, then one
@@ -523,7 +553,7 @@ url = "http://{tools}/broken"
     assert!(twilio.updates().is_empty(), "the call goes on");
     call.stop(&sid, "CAtools").await;
     assert_eq!(call.expect_close().await.0, 1000);
-    let m = scrape(&app).await;
+    let m = scrape(app).await;
     assert_eq!(
         metric(
             &m,
@@ -581,20 +611,19 @@ async fn agent_config_url_configures_each_call_and_a_slow_or_failing_one_leaves_
         cfg.app_data(data.clone())
             .default_service(actix_web::web::post().to(config_endpoint));
     });
-    let mut config = agent_config(&model.url);
-    config.agents = Arc::new(agents(AGENTS));
-    config.webhook_secret =
-        Some(callvisor::webhooks::WebhookSecret::parse(WEBHOOK_SECRET).unwrap());
-    config.config_url = Some(format!("http://{backend}/voice/config"));
-    config.config_timeout = std::time::Duration::from_millis(300);
-    let base = twilio.base.clone();
-    let app = spawn_app_with(move |c| {
-        c.handler = Arc::new(config);
-        c.twilio_auth_token = Some(TOKEN.into());
-        c.twilio_api_base_url = base;
-        c.twilio_api_key = Some((KEY_SID.into(), "key-secret".to_string().into()));
-    })
+    let config_url = format!("http://{backend}/voice/config");
+    let bin = routed_binary(
+        "config-url",
+        &model,
+        &twilio,
+        AGENTS,
+        &[
+            ("AGENT_CONFIG_URL", &config_url),
+            ("AGENT_CONFIG_TIMEOUT_MS", "300"),
+        ],
+    )
     .await;
+    let app = &bin.app;
     // support: the backend answers; sales: too slow; another number (support): a 500.
     for (n, (call_sid, to)) in [
         ("CAvip", "+15550001111"),
@@ -604,8 +633,8 @@ async fn agent_config_url_configures_each_call_and_a_slow_or_failing_one_leaves_
     .into_iter()
     .enumerate()
     {
-        let twiml = parse_twiml(&webhook_for(&app, call_sid, to).await);
-        let mut call = stream_for(&app, call_sid, &twiml, |_| {}).await;
+        let twiml = parse_twiml(&webhook_for(app, call_sid, to).await);
+        let mut call = stream_for(app, call_sid, &twiml, |_| {}).await;
         let update = model.wait_for("session.update", n + 1).await;
         let greeting = model.wait_for("conversation.item.create", n + 1).await;
         let said = greeting["item"]["content"][0]["text"]
@@ -645,7 +674,7 @@ async fn agent_config_url_configures_each_call_and_a_slow_or_failing_one_leaves_
     }
     assert_eq!(asked[0].1["agent"], "support");
     assert_eq!(asked[1].1["agent"], "sales");
-    let m = scrape(&app).await;
+    let m = scrape(app).await;
     for (outcome, n) in [("ok", 1.0), ("timeout", 1.0), ("error", 1.0)] {
         let key = format!("callvisor_agent_config_total{{outcome={outcome}}}");
         assert_eq!(metric(&m, &key), n, "{outcome}");

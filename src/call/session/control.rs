@@ -69,7 +69,8 @@ impl CallSession {
         };
         let ControlDone { update, outcome } = done;
         match &update {
-            CallUpdate::Transfer { .. } if outcome.succeeded() => {
+            CallUpdate::Transfer { to } if outcome.succeeded() => {
+                self.transfer_to = Some(to.clone());
                 self.close(ctx, EndReason::Transferred, 1000, "transfer")
             }
             CallUpdate::Transfer { .. } => {

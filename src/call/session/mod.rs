@@ -29,6 +29,7 @@ use crate::call::handler::{Call, CallEnd, CallHandler, EndRequest, HandlerError,
 use crate::call::outbound::OutboundQueue;
 use crate::call::supervisor::{Attach, CallSlot, CallSupervisor, CloseCall};
 use crate::metrics::{MediaCounts, Metrics};
+use crate::records::{CallRecords, Recorder};
 use crate::twilio::rest::{CallControl, CallUpdate};
 use crate::twilio::signature::StreamTokens;
 
@@ -63,6 +64,8 @@ pub struct SessionSettings {
     pub outbound_cap: usize,
     /// Twilio's REST API, for apps that hang up or transfer; `None` without credentials.
     pub control: Option<CallControl>,
+    /// Where the call's records go (`CALL_EVENTS_URL`); `None`: no records.
+    pub recorder: Option<Recorder>,
 }
 
 /// What ended a call whose REST `update` had been sent when the stream ended: Twilio ends the
@@ -71,6 +74,13 @@ fn reason_of_update(update: &CallUpdate) -> EndReason {
     match update {
         CallUpdate::Transfer { .. } => EndReason::Transferred,
         CallUpdate::HangUp | CallUpdate::SayAndHangUp { .. } => EndReason::HungUp,
+    }
+}
+
+fn transfer_target(update: &CallUpdate) -> Option<String> {
+    match update {
+        CallUpdate::Transfer { to } => Some(to.clone()),
+        _ => None,
     }
 }
 
@@ -164,6 +174,10 @@ pub struct CallSession {
     dtmf: String,
     dtmf_count: u64,
     marks: u64,
+    /// The call's records, from its `start` (with `CALL_EVENTS_URL`).
+    records: Option<CallRecords>,
+    /// Where a transfer that ended the call went (for the record).
+    transfer_to: Option<String>,
 }
 
 impl CallSession {
@@ -201,6 +215,8 @@ impl CallSession {
             dtmf: String::new(),
             dtmf_count: 0,
             marks: 0,
+            records: None,
+            transfer_to: None,
             settings,
         }
     }
@@ -224,6 +240,7 @@ impl CallSession {
         let why = match (&self.state, why) {
             (CallState::Closing(_), _) => return,
             (CallState::Ending { update, .. }, EndReason::Stop | EndReason::ClientClosed) => {
+                self.transfer_to = transfer_target(update);
                 reason_of_update(update)
             }
             (_, why) => why,
@@ -260,7 +277,10 @@ impl CallSession {
     fn twilio_gone(&mut self, ctx: &mut Context<Self>) {
         if !self.is_closing() {
             let why = match &self.state {
-                CallState::Ending { update, .. } => reason_of_update(update),
+                CallState::Ending { update, .. } => {
+                    self.transfer_to = transfer_target(update);
+                    reason_of_update(update)
+                }
                 _ => EndReason::ClientGone,
             };
             self.enter_closing(ctx, why, 1006, true);
@@ -368,7 +388,8 @@ impl CallSession {
             &mut self.out_buf,
             &mut self.counts,
             &mut self.requests,
-        );
+        )
+        .with_record(self.records.as_mut());
         let result = f(self.handler.as_mut(), &mut call);
         let mut overflow = None;
         for frame in self.out_buf.drain(..) {
@@ -491,6 +512,22 @@ impl Actor for CallSession {
             self.outbound.peak(),
             self.counts.upstream_dropped,
         );
+        if let Some(records) = self.records.take() {
+            let counts = &self.counts;
+            records.end(crate::records::Ending {
+                reason,
+                code,
+                transfer_to: self.transfer_to.take(),
+                frames: crate::records::Frames {
+                    in_: counts.frames_in,
+                    out: counts.frames_out,
+                    dropped_out: self.outbound.unsent(),
+                    upstream_in: counts.upstream_in,
+                    upstream_out: counts.upstream_out,
+                    upstream_dropped: counts.upstream_dropped,
+                },
+            });
+        }
     }
 }
 

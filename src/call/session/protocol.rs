@@ -19,6 +19,7 @@ use super::{call_log, CallSession, CallState, EndReason, Sids};
 use crate::call::handler::MediaChunk;
 use crate::call::supervisor::BindCall;
 use crate::http::socket::PEER_STALL_TIMEOUT;
+use crate::records::{CallIdentity, CallRecords};
 use crate::twilio::messages::StreamEvent;
 use crate::twilio::signature::{unix_now, BOUND_PARAM, STREAM_TOKEN_PARAM};
 
@@ -133,7 +134,30 @@ impl CallSession {
                     slot: self.slot.id(),
                     call_sid: start.call_sid.clone(),
                 });
-                self.dispatch(ctx, |h, out| h.on_start(&start, out))
+                self.records = self.settings.recorder.as_ref().map(|recorder| {
+                    let param = |name: &str| start.custom_parameters.get(name).cloned();
+                    CallRecords::new(
+                        recorder,
+                        CallIdentity {
+                            call_sid: start.call_sid.clone(),
+                            stream_sid: start.stream_sid.clone(),
+                            account_sid: start.account_sid.clone(),
+                            from: param("From"),
+                            to: param("To"),
+                            app: recorder.app,
+                            // The app names it (`Call::record`), in its start.
+                            agent: None,
+                            replica: recorder.replica.clone(),
+                            attempt: param("attempt").and_then(|a| a.parse().ok()).unwrap_or(1),
+                        },
+                    )
+                });
+                let result = self.dispatch(ctx, |h, out| h.on_start(&start, out));
+                // After the app's start: the agent it chose is in the record.
+                if let Some(records) = &mut self.records {
+                    records.started();
+                }
+                result
             }
             (false, StreamEvent::Start(_)) => {
                 return self.protocol_error(ctx, 1008, "second start on one stream")

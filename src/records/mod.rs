@@ -1,0 +1,226 @@
+//! Call records (docs/records.md): every stream callvisor serves gets a `call.started` record when
+//! it starts and a `call.ended` one when it ends, delivered signed to `CALL_EVENTS_URL`.
+//!
+//! - `record.rs`: what a record says (the JSON contract) and what apps add to it;
+//! - `delivery.rs`: the queue, the retries, the give-up log line;
+//! - `spool.rs`: `CALL_EVENTS_SPOOL_DIR`, records on disk until delivered.
+
+pub mod delivery;
+pub mod record;
+pub mod recording;
+mod spool;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use delivery::{Deliveries, DeliverySettings, Record};
+pub use record::{AppRecord, CallIdentity, Frames, Role, ToolCallRecord, ToolOutcome, Turn, Usage};
+
+use crate::config::ConfigError;
+use crate::webhooks::WebhookSecret;
+
+pub const ENV_CALL_EVENTS_URL: &str = "CALL_EVENTS_URL";
+pub const ENV_CALL_EVENTS_TIMEOUT_MS: &str = "CALL_EVENTS_TIMEOUT_MS";
+pub const ENV_CALL_EVENTS_MAX_AGE_SECS: &str = "CALL_EVENTS_MAX_AGE_SECS";
+pub const ENV_CALL_EVENTS_QUEUE: &str = "CALL_EVENTS_QUEUE";
+pub const ENV_CALL_EVENTS_SPOOL_DIR: &str = "CALL_EVENTS_SPOOL_DIR";
+pub const ENV_RECORD_MAX_TRANSCRIPT_KIB: &str = "RECORD_MAX_TRANSCRIPT_KIB";
+pub const DEFAULT_CALL_EVENTS_TIMEOUT_MS: u64 = 5000;
+pub const DEFAULT_CALL_EVENTS_MAX_AGE_SECS: u64 = 86_400;
+pub const DEFAULT_CALL_EVENTS_QUEUE: usize = 10_000;
+pub const DEFAULT_RECORD_MAX_TRANSCRIPT_KIB: usize = 256;
+
+/// `CALL_EVENTS_*` and `RECORD_MAX_TRANSCRIPT_KIB`; `None` without `CALL_EVENTS_URL` (no record
+/// is made). `secret` is `WEBHOOK_SECRET`, required with the URL.
+pub fn settings_from(
+    get: &dyn Fn(&str) -> Option<String>,
+    secret: Option<&WebhookSecret>,
+) -> Result<Option<RecordSettings>, ConfigError> {
+    let Some(url) = get(ENV_CALL_EVENTS_URL).map(|v| v.trim().to_string()) else {
+        return Ok(None);
+    };
+    if !crate::config::valid_base_url(&url) {
+        return Err(ConfigError {
+            variable: ENV_CALL_EVENTS_URL,
+            value: url,
+            expected: "an http:// or https:// URL without a query".into(),
+        });
+    }
+    let Some(secret) = secret else {
+        return Err(ConfigError {
+            variable: crate::config::ENV_WEBHOOK_SECRET,
+            value: String::new(),
+            expected: format!(
+                "{ENV_CALL_EVENTS_URL} gets every call record signed with it (Standard \
+                 Webhooks): set whsec_ and the base64 of at least {} random bytes \
+                 (docs/records.md)",
+                crate::webhooks::MIN_KEY_BYTES
+            )
+            .into(),
+        });
+    };
+    let number =
+        |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| match get(name) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if range.contains(&n) => Ok(n),
+                _ => Err(ConfigError {
+                    variable: name,
+                    value: v,
+                    expected: format!("a whole number from {} to {}", range.start(), range.end())
+                        .into(),
+                }),
+            },
+        };
+    let timeout = number(
+        ENV_CALL_EVENTS_TIMEOUT_MS,
+        DEFAULT_CALL_EVENTS_TIMEOUT_MS,
+        100..=60_000,
+    )?;
+    let max_age = number(
+        ENV_CALL_EVENTS_MAX_AGE_SECS,
+        DEFAULT_CALL_EVENTS_MAX_AGE_SECS,
+        1..=30 * 86_400,
+    )?;
+    let queue = number(
+        ENV_CALL_EVENTS_QUEUE,
+        DEFAULT_CALL_EVENTS_QUEUE as u64,
+        1..=1_000_000,
+    )?;
+    let transcript_kib = number(
+        ENV_RECORD_MAX_TRANSCRIPT_KIB,
+        DEFAULT_RECORD_MAX_TRANSCRIPT_KIB as u64,
+        1..=16 * 1024,
+    )?;
+    let spool_dir = get(ENV_CALL_EVENTS_SPOOL_DIR).map(|v| PathBuf::from(v.trim()));
+    Ok(Some(RecordSettings {
+        delivery: DeliverySettings {
+            url,
+            secret: secret.clone(),
+            timeout: Duration::from_millis(timeout),
+            max_age: Duration::from_secs(max_age),
+            queue: queue as usize,
+            spool_dir,
+        },
+        transcript_cap: transcript_kib as usize * 1024,
+    }))
+}
+
+/// What records need from the configuration.
+#[derive(Clone, Debug)]
+pub struct RecordSettings {
+    pub delivery: DeliverySettings,
+    /// Bytes of transcript text one record keeps at most.
+    pub transcript_cap: usize,
+}
+
+/// What a call needs to make its records: where they go, and what every record of this
+/// replica says.
+#[derive(Clone)]
+pub struct Recorder {
+    pub deliveries: Deliveries,
+    pub replica: String,
+    pub app: &'static str,
+    pub transcript_cap: usize,
+}
+
+/// One call's records in the making (held by its session).
+pub struct CallRecords {
+    recorder: Recorder,
+    identity: CallIdentity,
+    started_at: SystemTime,
+    started: Instant,
+    /// What the app adds as the call goes.
+    pub app: AppRecord,
+    pub recording_sid: Option<String>,
+}
+
+/// Everything the session knows when the call ends.
+pub struct Ending {
+    pub reason: crate::call::handler::EndReason,
+    pub code: u16,
+    pub transfer_to: Option<String>,
+    pub frames: Frames,
+}
+
+impl CallRecords {
+    /// The call's records, from its `start`.
+    pub fn new(recorder: &Recorder, identity: CallIdentity) -> CallRecords {
+        CallRecords {
+            recorder: recorder.clone(),
+            identity,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            app: AppRecord::new(recorder.transcript_cap),
+            recording_sid: None,
+        }
+    }
+
+    /// The app has started the call: `call.started` goes out, with the agent it chose.
+    pub fn started(&mut self) {
+        if let Some(agent) = &self.app.agent {
+            self.identity.agent = Some(agent.clone());
+        }
+        let body = serde_json::to_string(&record::CallStarted {
+            kind: "call.started",
+            call: &self.identity,
+            started_at: record::rfc3339_ms(self.started_at),
+        })
+        .expect("records serialize");
+        self.recorder
+            .deliveries
+            .send(Record::new(self.id("started"), "call.started", body));
+    }
+
+    /// Milliseconds since the stream started (transcript and tool call times).
+    pub fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The call ended: `call.ended` goes out.
+    pub fn end(mut self, ending: Ending) {
+        if let Some(agent) = self.app.agent.take() {
+            self.identity.agent = Some(agent);
+        }
+        self.app.finish();
+        let reason = self
+            .app
+            .end_reason
+            .filter(|_| {
+                // The app's reason refines a hang-up (it hung up because its model failed);
+                // a caller who hung up first, a hand-off or a timeout stays what it was.
+                ending.reason == crate::call::handler::EndReason::HungUp
+            })
+            .unwrap_or_else(|| record::end_reason(ending.reason));
+        let body = serde_json::to_string(&record::CallEnded {
+            kind: "call.ended",
+            call: &self.identity,
+            started_at: record::rfc3339_ms(self.started_at),
+            ended_at: record::rfc3339_ms(SystemTime::now()),
+            duration_ms: self.elapsed_ms(),
+            end_reason: reason,
+            close_code: ending.code,
+            transfer_to: ending.transfer_to,
+            handed_off: ending.reason == crate::call::handler::EndReason::HandedOff,
+            recording_sid: self.recording_sid.clone(),
+            frames: ending.frames,
+            app: &self.app,
+        })
+        .expect("records serialize");
+        self.recorder
+            .deliveries
+            .send(Record::new(self.id("ended"), "call.ended", body));
+    }
+
+    /// The record's `webhook-id`: one per stream and type, the same on every retry.
+    fn id(&self, kind: &str) -> String {
+        let sid: String = self
+            .identity
+            .stream_sid
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .take(100)
+            .collect();
+        format!("rec_{sid}_{kind}")
+    }
+}
