@@ -42,6 +42,17 @@ pub const KNOWN_MODELS: &[&str] = &[
     "gpt-realtime",
     "gpt-realtime-mini",
 ];
+/// Input transcription models (`audio.input.transcription.model`, the same SDK's list).
+pub const KNOWN_TRANSCRIPTION_MODELS: &[&str] = &[
+    "whisper-1",
+    "gpt-transcribe",
+    "gpt-live-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-mini-transcribe-2025-12-15",
+    "gpt-4o-transcribe",
+    "gpt-4o-transcribe-diarize",
+    "gpt-realtime-whisper",
+];
 /// Deltas of a response that are already on their way when the caller starts talking.
 pub const IN_FLIGHT_DELTAS: usize = 2;
 /// The audio of those deltas in test mode: a byte no other fake audio uses, so a test can tell
@@ -283,6 +294,24 @@ impl FakeRealtime {
     /// The VAD hears the caller stop: `speech_stopped`, `committed`, and a response.
     pub async fn speech_stopped(&self) {
         self.play(Conversation::speech_stopped).await;
+    }
+
+    /// The caller's last committed turn was `text`: its transcription completes (only when the
+    /// session asked for input transcription, as with the real API).
+    pub async fn caller_said(&self, text: &str) {
+        self.play(|c| c.transcribed(text)).await;
+    }
+
+    /// Assistant item `item` of the active response says `text`: its transcript delta, then
+    /// `ms` milliseconds of its audio (mu-law 0x7f), as the API streams them.
+    pub async fn say(&self, item: &str, text: &str, ms: usize) {
+        self.play(|c| {
+            let mut events = c.add_item(item, "message");
+            events.extend(c.transcript_delta(item, text));
+            events.extend(c.delta(item, vec![0x7f; ms * 8]));
+            events
+        })
+        .await;
     }
 
     /// Closes the latest session from the model's side.
@@ -598,6 +627,13 @@ struct Conversation {
     active: Option<Response>,
     /// Bytes of audio sent per assistant item, for `truncate`'s check.
     sent: HashMap<String, usize>,
+    /// The transcript of each assistant item so far.
+    transcripts: HashMap<String, String>,
+    /// `audio.input.transcription` is on: the caller's turns are transcribed.
+    transcription: bool,
+    /// The caller's turn being heard (from `speech_started`), then the last one committed.
+    input_item: Option<String>,
+    committed: Option<String>,
     /// Tool calls sent in auto mode and when, until their output comes.
     tool_sent: HashMap<String, Instant>,
     next_id: u64,
@@ -634,6 +670,20 @@ impl Conversation {
                         "session.update must be the GA shape with audio/pcmu both ways",
                         Some("session"),
                     );
+                }
+                let transcription = &s["audio"]["input"]["transcription"];
+                if !transcription.is_null() {
+                    let known = transcription["model"]
+                        .as_str()
+                        .is_some_and(|m| KNOWN_TRANSCRIPTION_MODELS.contains(&m));
+                    if !known {
+                        return err(
+                            "invalid_value",
+                            "audio.input.transcription.model is not a transcription model",
+                            Some("session.audio.input.transcription.model"),
+                        );
+                    }
+                    self.transcription = true;
                 }
                 let turn = &s["audio"]["input"]["turn_detection"];
                 self.no_create_response = turn["create_response"] == false;
@@ -780,6 +830,34 @@ impl Conversation {
         events
     }
 
+    /// The last committed caller turn's transcription (nothing without input transcription).
+    fn transcribed(&mut self, text: &str) -> Vec<Value> {
+        let Some(item) = self.committed.clone().filter(|_| self.transcription) else {
+            return vec![];
+        };
+        let words = text.split_whitespace().count() as u64;
+        vec![
+            json!({"type": "conversation.item.input_audio_transcription.completed",
+            "event_id": self.id("event"), "item_id": item, "content_index": 0, "transcript": text,
+            "usage": {"type": "tokens", "input_tokens": 4 * words, "output_tokens": words,
+                      "total_tokens": 5 * words}}),
+        ]
+    }
+
+    /// A transcript delta of assistant item `item` of the active response.
+    fn transcript_delta(&mut self, item: &str, text: &str) -> Vec<Value> {
+        self.transcripts
+            .entry(item.to_string())
+            .or_default()
+            .push_str(text);
+        let active = self.active.as_ref().expect("an active response");
+        let output_index = active.items.iter().position(|(id, _)| id == item);
+        vec![
+            json!({"type": "response.output_audio_transcript.delta", "response_id": active.id,
+            "item_id": item, "output_index": output_index, "content_index": 0, "delta": text}),
+        ]
+    }
+
     /// The active response ends: its message items done (unless cancelled), `response.done`.
     fn finish(&mut self) -> Vec<Value> {
         let Some(active) = self.active.take() else {
@@ -791,6 +869,11 @@ impl Conversation {
         } else {
             for (index, (item, kind)) in active.items.iter().enumerate() {
                 if *kind == "message" {
+                    if let Some(text) = self.transcripts.get(item) {
+                        events.push(json!({"type": "response.output_audio_transcript.done",
+                            "response_id": active.id, "item_id": item, "output_index": index,
+                            "content_index": 0, "transcript": text}));
+                    }
                     events.push(json!({"type": "response.output_audio.done",
                         "response_id": active.id, "item_id": item, "output_index": index, "content_index": 0}));
                     events.push(json!({"type": "response.output_item.done", "response_id": active.id,
@@ -805,10 +888,31 @@ impl Conversation {
         } else {
             Value::Null
         };
+        // Usage as the API counts it: the audio sent (10 tokens a second), the transcript's
+        // words, and a fixed context.
+        let audio_ms: usize = active
+            .items
+            .iter()
+            .filter_map(|(item, _)| self.sent.get(item))
+            .sum::<usize>()
+            / 8;
+        let words: usize = active
+            .items
+            .iter()
+            .filter_map(|(item, _)| self.transcripts.get(item))
+            .map(|t| t.split_whitespace().count())
+            .sum();
+        let (output_audio, output_text) = (audio_ms / 100, words);
+        let (input_text, input_audio, cached) = (120, 30, 64);
+        let input = input_text + input_audio;
+        let output = output_audio + output_text;
         events.push(json!({"type": "response.done", "response": {
             "id": active.id, "object": "realtime.response", "status": status,
             "status_details": details,
-            "usage": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0}}}));
+            "usage": {"total_tokens": input + output, "input_tokens": input, "output_tokens": output,
+                "input_token_details": {"text_tokens": input_text, "audio_tokens": input_audio,
+                    "cached_tokens": cached, "image_tokens": 0},
+                "output_token_details": {"text_tokens": output_text, "audio_tokens": output_audio}}}}));
         events
     }
 
@@ -816,6 +920,7 @@ impl Conversation {
     /// after the deltas already in flight (`stale` audio each) of its last item.
     fn speech_started(&mut self, stale: &[u8]) -> Vec<Value> {
         let item = self.id("item_in");
+        self.input_item = Some(item.clone());
         let mut events = vec![json!({"type": "input_audio_buffer.speech_started",
             "audio_start_ms": self.audio_ms, "item_id": item})];
         if self.no_interrupt_response {
@@ -842,9 +947,16 @@ impl Conversation {
 
     /// The caller stopped: the turn is committed and, with `create_response`, answered.
     fn speech_stopped(&mut self) -> Vec<Value> {
+        // The turn that speech_started opened (a test may skip speech_started).
+        let item = match self.input_item.take() {
+            Some(item) => item,
+            None => self.id("item_in"),
+        };
+        self.committed = Some(item.clone());
         let mut events = vec![
-            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": self.audio_ms}),
-            json!({"type": "input_audio_buffer.committed", "item_id": self.id("item_in")}),
+            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": self.audio_ms,
+                   "item_id": item}),
+            json!({"type": "input_audio_buffer.committed", "item_id": item}),
         ];
         if !self.no_create_response {
             events.extend(self.begin_response().unwrap_or_default());

@@ -13,15 +13,15 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-const TOKEN: &str = "routing-auth-token";
-const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
-const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const TOKEN: &str = "routing-auth-token";
+pub(crate) const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
+pub(crate) const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// The support agent's prompt, in a file next to the agents file (`instructions_file` is
 /// relative to it, not to the binary's working folder).
 const SUPPORT_PROMPT: &str = "Support for {{From}}.";
 
-const AGENTS: &str = r#"
+pub(crate) const AGENTS: &str = r#"
 [defaults]
 model = "gpt-realtime-2.1"
 
@@ -69,7 +69,7 @@ fn agents_file(test: &str, text: &str) -> PathBuf {
 
 /// The real binary answering with the agents of `text` (written for `test`), its model and
 /// Twilio's REST API the fakes, Twilio's requests authenticated, plus `extra` variables.
-async fn routed_binary(
+pub(crate) async fn routed_binary(
     test: &str,
     model: &FakeRealtime,
     twilio: &FakeTwilio,
@@ -98,7 +98,7 @@ async fn routed_binary(
 }
 
 /// Twilio's webhook for a call to `to`, signed; the TwiML it got.
-async fn webhook_for(app: &TestApp, call_sid: &str, to: &str) -> String {
+pub(crate) async fn webhook_for(app: &TestApp, call_sid: &str, to: &str) -> String {
     let params: Vec<(String, String)> = [
         ("CallSid", call_sid),
         ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
@@ -122,7 +122,7 @@ async fn webhook_for(app: &TestApp, call_sid: &str, to: &str) -> String {
 }
 
 /// The stream Twilio opens from `twiml`, signed, started with its parameters (after `edit`).
-async fn stream_for(
+pub(crate) async fn stream_for(
     app: &TestApp,
     call_sid: &str,
     twiml: &Twiml,
@@ -362,7 +362,7 @@ type ToolState = std::sync::Arc<std::sync::Mutex<ToolServer>>;
 
 /// Standard Webhooks, verified here independently of callvisor's own code: HMAC-SHA256 over
 /// `id.timestamp.body` with the secret's base64-decoded key, `v1,` + base64.
-fn signature_ok(req: &actix_web::HttpRequest, body: &[u8]) -> bool {
+pub(crate) fn signature_ok(req: &actix_web::HttpRequest, body: &[u8]) -> bool {
     use base64::Engine;
     use hmac::{KeyInit, Mac};
     let header = |name: &str| {

@@ -536,6 +536,15 @@ impl OpenAiAgent {
         }
     }
 
+    /// The model cannot go on: the caller hears the apology, the call is hung up, and its
+    /// record says why.
+    fn model_failed(&mut self, call: &mut Call<'_>) {
+        if let Some(record) = call.record() {
+            record.end_reason = Some("model_error");
+        }
+        call.say_and_hang_up(APOLOGY);
+    }
+
     /// Sorts an `error` event: only those that mean the session is over end the call.
     fn on_error(&mut self, error: &Value, call: &mut Call<'_>) {
         let code = error["code"].as_str().unwrap_or("");
@@ -562,7 +571,7 @@ impl OpenAiAgent {
                 code,
                 error["message"]
             );
-            call.say_and_hang_up(APOLOGY);
+            self.model_failed(call);
             return;
         }
         agent_log!(call, Warn, "agent: the model refused an event (the call goes on): code={} param={} event_id={}: {}",
@@ -765,6 +774,11 @@ impl CallHandler for OpenAiAgent {
             self.agent = agent.clone();
         }
         agent_log!(call, Info, "agent: {} answers", self.agent.name);
+        if let Some(record) = call.record() {
+            record.agent = Some(self.agent.name.clone());
+            record.model = Some(self.agent.model.clone());
+            record.engine = Some("realtime");
+        }
         self.params = params.clone();
         let greet = params
             .get("attempt")
@@ -871,7 +885,7 @@ impl CallHandler for OpenAiAgent {
                     .agent_model_errors
                     .get_or_create(&[("type", "auth")])
                     .inc();
-                call.say_and_hang_up(APOLOGY);
+                self.model_failed(call);
             }
             UpstreamEvent::Failed { reason, .. } => {
                 agent_log!(call, Warn, "agent: the model cannot be reached: {reason}");
@@ -883,7 +897,7 @@ impl CallHandler for OpenAiAgent {
                     Warn,
                     "agent: the model's socket closed {code} {reason}"
                 );
-                call.say_and_hang_up(APOLOGY);
+                self.model_failed(call);
             }
         }
         Ok(())
