@@ -67,6 +67,10 @@ pub fn agent_config(url: &str) -> callvisor::call::handlers::openai::settings::A
         connect_timeout: std::time::Duration::from_secs(
             callvisor::call::handlers::openai::settings::DEFAULT_AGENT_CONNECT_TIMEOUT_SECS,
         ),
+        // Production's default: the caller's turns are transcribed.
+        transcription: Some(
+            callvisor::call::handlers::openai::settings::DEFAULT_AGENT_TRANSCRIPTION_MODEL.into(),
+        ),
     }
 }
 

@@ -52,6 +52,11 @@ pub const ENV_AGENT_CONNECT_TIMEOUT_SECS: &str = "AGENT_CONNECT_TIMEOUT_SECS";
 /// The agents file (TOML, docs/agents.md): several agents, chosen by the number called. Without
 /// it, the `AGENT_*` variables make one agent.
 pub const ENV_AGENTS_FILE: &str = "AGENTS_FILE";
+/// The caller's words, transcribed for the call records (docs/records.md): on or off.
+pub const ENV_AGENT_TRANSCRIPTION: &str = "AGENT_TRANSCRIPTION";
+pub const ENV_AGENT_TRANSCRIPTION_MODEL: &str = "AGENT_TRANSCRIPTION_MODEL";
+/// In the official SDK's list (`AudioTranscription.model`), and OpenAI's current one.
+pub const DEFAULT_AGENT_TRANSCRIPTION_MODEL: &str = "gpt-live-transcribe";
 /// The name of the environment variables' agent, and of its `AGENT_TRANSFER_NUMBER` target.
 pub const ENV_AGENT_NAME: &str = "default";
 /// The variables that configure one agent, and the agents file's key each becomes: with
@@ -93,6 +98,9 @@ pub struct AgentConfig {
     /// `AGENT_CONNECT_TIMEOUT_SECS`: how long the model's handshake may take before the call is
     /// given up to another replica.
     pub connect_timeout: Duration,
+    /// `AGENT_TRANSCRIPTION_MODEL` (`None`: `AGENT_TRANSCRIPTION=off`): the model transcribing
+    /// the caller, for the call records' transcripts.
+    pub transcription: Option<String>,
 }
 
 impl AgentConfig {
@@ -157,7 +165,27 @@ impl AgentConfig {
                 }
             },
         });
+        let transcription = match get(ENV_AGENT_TRANSCRIPTION).map(|v| v.trim().to_ascii_lowercase()) {
+            None => true,
+            Some(v) if v == "on" => true,
+            Some(v) if v == "off" => false,
+            Some(v) => {
+                return Err(ConfigError {
+                    variable: ENV_AGENT_TRANSCRIPTION,
+                    value: v,
+                    expected: "on (the caller's words are transcribed for the call records) or off"
+                        .into(),
+                })
+            }
+        };
+        let transcription = transcription.then(|| {
+            get(ENV_AGENT_TRANSCRIPTION_MODEL).map_or_else(
+                || DEFAULT_AGENT_TRANSCRIPTION_MODEL.to_string(),
+                |m| m.trim().to_string(),
+            )
+        });
         Ok(AgentConfig {
+            transcription,
             api_key,
             url,
             config_url,
@@ -294,20 +322,7 @@ pub fn agents_setup(
         }
         None => Agents::single(env_agent(get, model).map_err(variable)?),
     };
-    let webhook_secret = match get(ENV_WEBHOOK_SECRET) {
-        Some(text) => Some(WebhookSecret::parse(text.trim()).map_err(|e| {
-            variable(ConfigError {
-                variable: ENV_WEBHOOK_SECRET,
-                value: "(hidden)".into(),
-                expected: format!(
-                    "whsec_ and the base64 of at least {} random bytes: {e}",
-                    crate::webhooks::MIN_KEY_BYTES
-                )
-                .into(),
-            })
-        })?),
-        None => None,
-    };
+    let webhook_secret = crate::config::webhook_secret(get).map_err(variable)?;
     if let (Some((agent, tool)), None) = (agents.first_tool(), &webhook_secret) {
         return Err(variable(ConfigError {
             variable: ENV_WEBHOOK_SECRET,
