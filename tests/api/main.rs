@@ -22,5 +22,6 @@ mod fake_railway;
 mod helpers;
 #[cfg(target_os = "linux")]
 mod observability;
+mod recordings;
 mod routing;
 mod webhook;
