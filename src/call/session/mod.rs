@@ -10,8 +10,8 @@
 //! - `http.rs`: an app's HTTP requests (the agent's tools).
 //!
 //! The call's [`CallSlot`] is a field, so the slot is released when the actor stops, whatever
-//! stopped it; the actor does not stop while a REST request of the call is in flight, so a drain
-//! waits for it.
+//! stopped it; the actor does not stop while a REST call update of the call is in flight, so a
+//! drain waits for it (a recording request is not waited for: it runs beside the call).
 
 mod control;
 mod http;
