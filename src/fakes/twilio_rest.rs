@@ -1,8 +1,9 @@
 //! A strict fake of Twilio's REST `UpdateCall`
-//! (`POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`), for the integration tests
-//! ([`FakeTwilio::start`]: a free port in the test's actix system) and callsim's `--twilio-api`
-//! stand-in ([`FakeTwilio::serve`]: a given address). It refuses what Twilio refuses, in this
-//! order, with Twilio's status and error code:
+//! (`POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`) and of a call's Recordings
+//! list (`POST` and `GET /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}/Recordings.json`,
+//! below), for the integration tests ([`FakeTwilio::start`]: a free port in the test's actix
+//! system) and callsim's `--twilio-api` stand-in ([`FakeTwilio::serve`]: a given address). An
+//! update is refused as Twilio refuses it, in this order, with Twilio's status and error code:
 //!
 //! | check | answer |
 //! |---|---|
@@ -32,6 +33,38 @@
 //!   `<Pay>`, `<Echo>`) keeps it up under the new document ([`AppAction::Replaced`]); a document
 //!   that runs out without any of those (only `<Say>`, `<Play>`, `<Pause>`, `<Start>`, `<Stop>`,
 //!   `<Leave>`) hangs up, as Twilio does when a document ends.
+//!
+//! ## Recordings
+//!
+//! `CreateCallRecording` (`POST …/Calls/{CallSid}/Recordings.json`) is checked in this order:
+//!
+//! | check | answer |
+//! |---|---|
+//! | HTTP Basic, as for updates | 401, 20003 |
+//! | (a failure the test asked for: [`FakeTwilio::fail_first`], shared with updates) | 500, 20500 |
+//! | (an answer the test asked to lose, [`FakeTwilio::lose_answers`]: the request takes effect) | 502, not Twilio's JSON |
+//! | an `application/x-www-form-urlencoded` body | 400, 20001 |
+//! | only the parameters Twilio documents (`RecordingChannels`, `RecordingStatusCallback`, `RecordingStatusCallbackEvent`, `RecordingStatusCallbackMethod`, `RecordingTrack`, `Trim`), each once | 400, 20001 `Unknown parameters` |
+//! | `RecordingChannels` `mono` or `dual`; `RecordingTrack` `inbound`, `outbound` or `both`; `Trim` `trim-silence` or `do-not-trim`; `RecordingStatusCallbackMethod` `GET` or `POST`; each `RecordingStatusCallbackEvent` (space-separated) `in-progress`, `completed` or `absent` | 400, 21200 |
+//! | `RecordingStatusCallback` an absolute http(s) URL | 400, 21205 |
+//! | a call this fake never knew | 404, 20404 |
+//! | a call that has ended | 400, 21220 `Invalid call state` (Twilio: "Calls that have completed cannot be recorded") |
+//!
+//! and answered 201 with the new recording (`RE` + 32 hex digits, `status` `in-progress`,
+//! `channels` 2 for `dual`, else 1, `source` `StartCallRecordingAPI`, Twilio's other fields).
+//! The list (`GET`) answers a known call's recordings, newest first, in Twilio's page shape
+//! (`{"recordings": [...], "page": 0, ...}`); a call this fake never knew gets 404, 20404.
+//! Every recording request is kept ([`FakeTwilio::recording_requests`]).
+//!
+//! Decisions where Twilio does not say, or says otherwise:
+//! - Twilio **ignores** unknown parameters (its warning 20001, "no harm done"); this fake
+//!   refuses them, so that a misspelt parameter, which Twilio would silently drop, fails a test.
+//! - A second recording while one is in progress is **accepted**, as Twilio does (a call may
+//!   have several; Twilio's error 16108 is about acting on "the current one" when there are
+//!   several): that is the double recording callvisor must not make, and the tests count it.
+//! - A recording ends with its call, straight to `completed` (Twilio goes through
+//!   `processing`); [`FakeTwilio::stop_recordings`] stands for someone stopping it mid-call.
+//! - The codes for a bad parameter value (21200) are this fake's choice, as for updates.
 
 mod strict_twiml;
 
@@ -100,6 +133,8 @@ struct State {
     live: std::collections::HashSet<String>,
     /// Per call: answers 500 this many times before behaving.
     fail_first: HashMap<String, u32>,
+    /// Per call: this many requests take effect, but their answer is lost (a 502 instead).
+    lose_answers: HashMap<String, u32>,
     /// Per call: waits this long before answering.
     delay: HashMap<String, Duration>,
     updates: Vec<Update>,
@@ -109,6 +144,42 @@ struct State {
     answers: Vec<(String, u16)>,
     /// Per call: the latest effect not yet taken by callsim.
     pending: HashMap<String, AppAction>,
+    /// Calls that were live and are over: a recording of one is refused (21220).
+    ended: std::collections::HashSet<String>,
+    /// Per call: its recordings, oldest first.
+    recordings: HashMap<String, Vec<Recording>>,
+    /// Every recording request, in order.
+    recording_requests: Vec<RecordingRequest>,
+}
+
+/// A recording this fake started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    /// `RE` and 32 hex digits.
+    pub sid: String,
+    pub account_sid: String,
+    pub call_sid: String,
+    /// `in-progress`, then `stopped` ([`FakeTwilio::stop_recordings`]) or `completed` (the
+    /// call ended).
+    pub status: String,
+    /// 1 or 2 (`RecordingChannels=dual`).
+    pub channels: u8,
+    /// The form it was asked with, in order.
+    pub form: Vec<(String, String)>,
+    /// When it started, as Twilio writes dates (RFC 2822, GMT).
+    pub date_created: String,
+}
+
+/// One request to a call's Recordings list, answered or refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRequest {
+    /// `POST` (create) or `GET` (list).
+    pub method: &'static str,
+    pub call_sid: String,
+    /// The form as sent (empty for a `GET`).
+    pub form: Vec<(String, String)>,
+    /// The status answered.
+    pub status: u16,
 }
 
 /// The fake; clones share it.
@@ -150,6 +221,14 @@ impl FakeTwilio {
                     "/2010-04-01/Accounts/{account}/Calls/{call}",
                     web::post().to(update_call),
                 )
+                .route(
+                    "/2010-04-01/Accounts/{account}/Calls/{call}/Recordings.json",
+                    web::post().to(create_recording),
+                )
+                .route(
+                    "/2010-04-01/Accounts/{account}/Calls/{call}/Recordings.json",
+                    web::get().to(list_recordings),
+                )
                 .default_service(web::to(|| async {
                     twilio_error(404, 20404, "The requested resource was not found")
                 }))
@@ -171,8 +250,38 @@ impl FakeTwilio {
     /// callsim did not take is forgotten.
     pub fn call_ended(&self, call_sid: &str) {
         let mut state = self.lock();
-        state.live.remove(call_sid);
         state.pending.remove(call_sid);
+        state.end(call_sid);
+    }
+
+    /// The call's recordings, oldest first.
+    pub fn recordings(&self, call_sid: &str) -> Vec<Recording> {
+        self.lock()
+            .recordings
+            .get(call_sid)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The requests to the call's Recordings list (`POST` and `GET`), in order.
+    pub fn recording_requests(&self, call_sid: &str) -> Vec<RecordingRequest> {
+        self.lock()
+            .recording_requests
+            .iter()
+            .filter(|r| r.call_sid == call_sid)
+            .cloned()
+            .collect()
+    }
+
+    /// Someone (the business, through Twilio's API) stopped the call's recordings: each one in
+    /// progress or paused is `stopped`, the call goes on.
+    pub fn stop_recordings(&self, call_sid: &str) {
+        let mut state = self.lock();
+        for recording in state.recordings.get_mut(call_sid).into_iter().flatten() {
+            if matches!(recording.status.as_str(), "in-progress" | "paused") {
+                recording.status = "stopped".into();
+            }
+        }
     }
 
     /// What the app last did to `call_sid`, once (callsim polls it).
@@ -185,6 +294,13 @@ impl FakeTwilio {
         self.lock().fail_first.insert(call_sid.into(), times);
     }
 
+    /// The next `times` requests for `call_sid` do what they ask, but their answer is lost on
+    /// the way: a 502 (`Bad Gateway`, not Twilio's JSON) comes instead, as from a proxy that
+    /// gave up. The client cannot tell whether the request took effect.
+    pub fn lose_answers(&self, call_sid: &str, times: u32) {
+        self.lock().lose_answers.insert(call_sid.into(), times);
+    }
+
     /// Every request for `call_sid` is answered `by` later.
     pub fn delay(&self, call_sid: &str, by: Duration) {
         self.lock().delay.insert(call_sid.into(), by);
@@ -195,8 +311,8 @@ impl FakeTwilio {
         self.lock().updates.clone()
     }
 
-    /// How many requests for `call_sid` reached the fake, counted as they arrive: a request the
-    /// client gave up on while it was delayed counts too.
+    /// How many requests for `call_sid` (updates and recordings) reached the fake, counted as
+    /// they arrive: a request the client gave up on while it was delayed counts too.
     pub fn received(&self, call_sid: &str) -> usize {
         self.lock().received.get(call_sid).copied().unwrap_or(0)
     }
@@ -219,6 +335,20 @@ impl FakeTwilio {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panicking test thread must not hide the state from the others.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    /// The call is over: later updates get 404, recordings 21220, and its recordings end.
+    fn end(&mut self, call_sid: &str) {
+        if self.live.remove(call_sid) {
+            self.ended.insert(call_sid.into());
+        }
+        for recording in self.recordings.get_mut(call_sid).into_iter().flatten() {
+            if matches!(recording.status.as_str(), "in-progress" | "paused") {
+                recording.status = "completed".into();
+            }
+        }
     }
 }
 
@@ -246,15 +376,11 @@ async fn update_call(
     let Some(call_sid) = call.strip_suffix(".json").map(str::to_string) else {
         return twilio_error(404, 20404, "The requested resource was not found");
     };
-    let delay = {
-        let mut state = fake.lock();
-        *state.received.entry(call_sid.clone()).or_default() += 1;
-        state.delay.get(&call_sid).copied()
-    };
-    if let Some(delay) = delay {
-        actix_web::rt::time::sleep(delay).await;
-    }
-    let response = answer(&req, &account_sid, &call_sid, &body, &fake);
+    fake.arrived(&call_sid).await;
+    let response = fake.delivered(
+        &call_sid,
+        answer(&req, &account_sid, &call_sid, &body, &fake),
+    );
     fake.lock()
         .answers
         .push((call_sid, response.status().as_u16()));
@@ -276,6 +402,44 @@ fn basic_credentials(req: &HttpRequest) -> Option<(String, String)> {
     Some((user.into(), password.into()))
 }
 
+/// What every request goes through first, as Twilio: its credentials, then (a test's) 500.
+fn admitted(
+    req: &HttpRequest,
+    account_sid: &str,
+    call_sid: &str,
+    fake: &FakeTwilio,
+) -> Result<(), Refused> {
+    let authenticated = basic_credentials(req)
+        .is_some_and(|(user, password)| fake.auth.accepts(account_sid, &user, &password));
+    if !authenticated {
+        return Err(refused(401, 20003, "Authenticate"));
+    }
+    let mut state = fake.lock();
+    if let Some(left) = state.fail_first.get_mut(call_sid).filter(|n| **n > 0) {
+        *left -= 1;
+        return Err(refused(500, 20500, "Internal Server Error"));
+    }
+    Ok(())
+}
+
+/// The request's form, if it is one.
+fn form_of(req: &HttpRequest, body: &[u8]) -> Result<Vec<(String, String)>, Refused> {
+    let form_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !form_type.starts_with("application/x-www-form-urlencoded") {
+        return Err(refused(
+            400,
+            20001,
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .map_err(|_| refused(400, 20001, "Unreadable form body"))
+}
+
 fn answer(
     req: &HttpRequest,
     account_sid: &str,
@@ -283,32 +447,9 @@ fn answer(
     body: &[u8],
     fake: &FakeTwilio,
 ) -> HttpResponse {
-    let authenticated = basic_credentials(req)
-        .is_some_and(|(user, password)| fake.auth.accepts(account_sid, &user, &password));
-    if !authenticated {
-        return twilio_error(401, 20003, "Authenticate");
-    }
-    {
-        let mut state = fake.lock();
-        if let Some(left) = state.fail_first.get_mut(call_sid).filter(|n| **n > 0) {
-            *left -= 1;
-            return twilio_error(500, 20500, "Internal Server Error");
-        }
-    }
-    let form_type = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !form_type.starts_with("application/x-www-form-urlencoded") {
-        return twilio_error(
-            400,
-            20001,
-            "Content-Type must be application/x-www-form-urlencoded",
-        );
-    }
-    let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) else {
-        return twilio_error(400, 20001, "Unreadable form body");
+    let form = match admitted(req, account_sid, call_sid, fake).and_then(|()| form_of(req, body)) {
+        Ok(form) => form,
+        Err(refusal) => return refusal.answer(),
     };
     let effect = match effect_of(&form) {
         Ok(effect) => effect,
@@ -324,7 +465,7 @@ fn answer(
     };
     if let Some(action) = &effect {
         if matches!(action, AppAction::HungUp { .. }) {
-            state.live.remove(call_sid);
+            state.end(call_sid);
         }
         state.pending.insert(call_sid.into(), action.clone());
     }
@@ -342,6 +483,268 @@ fn answer(
     }))
 }
 
+/// `POST …/Calls/{CallSid}/Recordings.json`: counted, delayed and answered like an update.
+async fn create_recording(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+    fake: web::Data<FakeTwilio>,
+) -> HttpResponse {
+    let (account_sid, call_sid) = path.into_inner();
+    fake.arrived(&call_sid).await;
+    let form = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body).unwrap_or_default();
+    let response = fake.delivered(
+        &call_sid,
+        recording_created(&req, &account_sid, &call_sid, &body, &fake),
+    );
+    fake.recording_answered("POST", &call_sid, form, &response);
+    response
+}
+
+/// `GET …/Calls/{CallSid}/Recordings.json`: the call's recordings, newest first.
+async fn list_recordings(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    fake: web::Data<FakeTwilio>,
+) -> HttpResponse {
+    let (account_sid, call_sid) = path.into_inner();
+    fake.arrived(&call_sid).await;
+    let response = match admitted(&req, &account_sid, &call_sid, &fake) {
+        Err(refusal) => refusal.answer(),
+        Ok(()) => {
+            let state = fake.lock();
+            if !state.live.contains(&call_sid) && !state.ended.contains(&call_sid) {
+                twilio_error(404, 20404, "The requested resource was not found")
+            } else {
+                let recordings: Vec<serde_json::Value> = state
+                    .recordings
+                    .get(&call_sid)
+                    .into_iter()
+                    .flatten()
+                    .rev()
+                    .map(recording_json)
+                    .collect();
+                let uri =
+                    format!("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}/Recordings.json");
+                HttpResponse::Ok().json(serde_json::json!({
+                    "end": recordings.len().saturating_sub(1),
+                    "first_page_uri": format!("{uri}?PageSize=50&Page=0"),
+                    "next_page_uri": null,
+                    "page": 0,
+                    "page_size": 50,
+                    "previous_page_uri": null,
+                    "recordings": recordings,
+                    "start": 0,
+                    "uri": format!("{uri}?PageSize=50&Page=0"),
+                }))
+            }
+        }
+    };
+    let response = fake.delivered(&call_sid, response);
+    fake.recording_answered("GET", &call_sid, Vec::new(), &response);
+    response
+}
+
+impl FakeTwilio {
+    /// A request for `call_sid` arrived: counted, then held for the call's delay if any.
+    async fn arrived(&self, call_sid: &str) {
+        let delay = {
+            let mut state = self.lock();
+            *state.received.entry(call_sid.into()).or_default() += 1;
+            state.delay.get(call_sid).copied()
+        };
+        if let Some(delay) = delay {
+            actix_web::rt::time::sleep(delay).await;
+        }
+    }
+
+    /// The answer that reaches the client: `response`, unless the test asked for it to be lost.
+    fn delivered(&self, call_sid: &str, response: HttpResponse) -> HttpResponse {
+        let mut state = self.lock();
+        match state.lose_answers.get_mut(call_sid).filter(|n| **n > 0) {
+            Some(left) => {
+                *left -= 1;
+                HttpResponse::BadGateway().body("Bad Gateway")
+            }
+            None => response,
+        }
+    }
+
+    fn recording_answered(
+        &self,
+        method: &'static str,
+        call_sid: &str,
+        form: Vec<(String, String)>,
+        response: &HttpResponse,
+    ) {
+        let status = response.status().as_u16();
+        let mut state = self.lock();
+        state.answers.push((call_sid.into(), status));
+        state.recording_requests.push(RecordingRequest {
+            method,
+            call_sid: call_sid.into(),
+            form,
+            status,
+        });
+    }
+}
+
+/// Twilio's parameters of `CreateCallRecording`.
+const RECORDING_PARAMETERS: [&str; 6] = [
+    "RecordingChannels",
+    "RecordingStatusCallback",
+    "RecordingStatusCallbackEvent",
+    "RecordingStatusCallbackMethod",
+    "RecordingTrack",
+    "Trim",
+];
+
+fn recording_created(
+    req: &HttpRequest,
+    account_sid: &str,
+    call_sid: &str,
+    body: &[u8],
+    fake: &FakeTwilio,
+) -> HttpResponse {
+    let form = match admitted(req, account_sid, call_sid, fake).and_then(|()| form_of(req, body)) {
+        Ok(form) => form,
+        Err(refusal) => return refusal.answer(),
+    };
+    if let Err(Refused(status, code, message)) = check_recording_form(&form) {
+        return twilio_error(status, code, &message);
+    }
+    let mut state = fake.lock();
+    if state.ended.contains(call_sid) {
+        return twilio_error(
+            400,
+            21220,
+            "Invalid call state: calls that have completed cannot be recorded",
+        );
+    }
+    if !state.live.contains(call_sid) {
+        return twilio_error(404, 20404, "The requested resource was not found");
+    }
+    let channels = match form.iter().find(|(k, _)| k == "RecordingChannels") {
+        Some((_, v)) if v == "dual" => 2,
+        _ => 1,
+    };
+    let recording = Recording {
+        sid: new_recording_sid(),
+        account_sid: account_sid.into(),
+        call_sid: call_sid.into(),
+        status: "in-progress".into(),
+        channels,
+        form,
+        date_created: jiff::Timestamp::now()
+            .strftime("%a, %d %b %Y %H:%M:%S +0000")
+            .to_string(),
+    };
+    let json = recording_json(&recording);
+    state
+        .recordings
+        .entry(call_sid.into())
+        .or_default()
+        .push(recording);
+    HttpResponse::Created().json(json)
+}
+
+/// Twilio's 400 for a `CreateCallRecording` form it would not take (see the module's doc).
+fn check_recording_form(form: &[(String, String)]) -> Result<(), Refused> {
+    for (n, (key, _)) in form.iter().enumerate() {
+        if !RECORDING_PARAMETERS.contains(&key.as_str()) {
+            return Err(refused(400, 20001, &format!("Unknown parameters: {key}")));
+        }
+        if form[..n].iter().any(|(k, _)| k == key) {
+            return Err(refused(400, 20001, &format!("{key} given more than once")));
+        }
+    }
+    let value = |key: &str| form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let one_of = |key: &str, allowed: &[&str]| match value(key) {
+        Some(v) if !allowed.contains(&v) => Err(refused(
+            400,
+            21200,
+            &format!("{key} {v:?} is not one of {}", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    };
+    one_of("RecordingChannels", &["mono", "dual"])?;
+    one_of("RecordingTrack", &["inbound", "outbound", "both"])?;
+    one_of("Trim", &["trim-silence", "do-not-trim"])?;
+    one_of("RecordingStatusCallbackMethod", &["GET", "POST"])?;
+    if let Some(events) = value("RecordingStatusCallbackEvent") {
+        if let Some(bad) = events
+            .split(' ')
+            .find(|e| !matches!(*e, "in-progress" | "completed" | "absent"))
+        {
+            return Err(refused(
+                400,
+                21200,
+                &format!(
+                    "RecordingStatusCallbackEvent {bad:?} is not in-progress, completed or absent"
+                ),
+            ));
+        }
+    }
+    if let Some(url) = value("RecordingStatusCallback") {
+        let absolute = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+        if !absolute || url.contains(char::is_whitespace) {
+            return Err(refused(
+                400,
+                21205,
+                "RecordingStatusCallback is not a valid absolute URL",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A recording as Twilio's API shows it.
+fn recording_json(r: &Recording) -> serde_json::Value {
+    let track = r
+        .form
+        .iter()
+        .find(|(k, _)| k == "RecordingTrack")
+        .map_or("both", |(_, v)| v.as_str());
+    serde_json::json!({
+        "account_sid": r.account_sid,
+        "api_version": "2010-04-01",
+        "call_sid": r.call_sid,
+        "conference_sid": null,
+        "channels": r.channels,
+        "date_created": r.date_created,
+        "date_updated": r.date_created,
+        "start_time": r.date_created,
+        // Twilio's value while the recording goes on.
+        "duration": "-1",
+        "error_code": null,
+        "encryption_details": null,
+        "price": null,
+        "price_unit": "USD",
+        "sid": r.sid,
+        "source": "StartCallRecordingAPI",
+        "status": r.status,
+        "track": track,
+        "uri": format!(
+            "/2010-04-01/Accounts/{}/Calls/{}/Recordings/{}.json",
+            r.account_sid, r.call_sid, r.sid
+        ),
+    })
+}
+
+/// `RE` and 32 hex digits, unique in this process.
+fn new_recording_sid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("RE{nanos:016x}{n:016x}")
+}
+
 fn has(form: &[(String, String)], key: &str) -> bool {
     form.iter().any(|(k, _)| k == key)
 }
@@ -351,6 +754,12 @@ struct Refused(u16, u32, String);
 
 fn refused(status: u16, code: u32, message: &str) -> Refused {
     Refused(status, code, message.into())
+}
+
+impl Refused {
+    fn answer(&self) -> HttpResponse {
+        twilio_error(self.0, self.1, &self.2)
+    }
 }
 
 /// What a form does to a call in progress, or Twilio's 400 for it.

@@ -38,6 +38,7 @@ pub async fn media_stream(
                 outbound_cap: state.config.outbound_buffer_bytes,
                 control: state.control.clone(),
                 recorder: state.recorder.clone(),
+                recording: state.config.recording.clone(),
             };
             CallSession::new(
                 slot,

@@ -9,12 +9,18 @@
 //! error or a timeout (5 s) is retried once; anything else fails. Every outcome is logged with the
 //! call's CallSid and counted in `callvisor_call_control_total{action,outcome}`; no secret is
 //! ever logged.
+//!
+//! `RECORD_CALLS` uses the call's Recordings subresource here too: [`CallControl::start_recording`]
+//! (`POST …/Calls/{CallSid}/Recordings.json`, sent once: see `call/session/recording.rs` for what
+//! a lost answer means) and [`CallControl::list_recordings`] (`GET` of the same list).
 
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 
 use crate::metrics::Metrics;
+use crate::records::recording::RecordingSettings;
 use crate::twilio::twiml::TwimlResponse;
 
 pub const DEFAULT_API_BASE_URL: &str = "https://api.twilio.com";
@@ -101,6 +107,59 @@ impl ControlOutcome {
     }
 }
 
+/// The recording events Twilio tells `RECORDING_STATUS_URL` about (its
+/// `RecordingStatusCallbackEvent`, space-separated): the file is ready (`completed`), or there
+/// will be none (`absent`: the recording was too short or silent).
+pub const RECORDING_STATUS_EVENTS: &str = "completed absent";
+
+/// The form of Twilio's `CreateCallRecording` for `settings`: `RecordingChannels`, and with
+/// `RECORDING_STATUS_URL` the callback and its events (Twilio's default method, POST).
+pub fn recording_form(settings: &RecordingSettings) -> Vec<(&'static str, String)> {
+    let mut form = vec![("RecordingChannels", settings.channels.as_str().to_string())];
+    if let Some(url) = &settings.status_url {
+        form.push(("RecordingStatusCallback", url.clone()));
+        form.push((
+            "RecordingStatusCallbackEvent",
+            RECORDING_STATUS_EVENTS.to_string(),
+        ));
+    }
+    form
+}
+
+/// One of a call's recordings, as Twilio lists it (the fields callvisor reads).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct CallRecording {
+    /// `RE…`
+    pub sid: String,
+    /// `in-progress`, `paused`, `stopped`, `processing`, `completed`, `absent`, …
+    pub status: String,
+}
+
+impl CallRecording {
+    /// Still recording the call (or paused, to be resumed by whoever paused it).
+    pub fn is_active(&self) -> bool {
+        matches!(self.status.as_str(), "in-progress" | "paused")
+    }
+}
+
+/// Why a REST request did not get what it asked for (never a secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestFailure {
+    pub why: String,
+    /// A 5xx, a connection error or a timeout: the request may or may not have taken effect,
+    /// and one more try may work.
+    pub transient: bool,
+}
+
+impl RestFailure {
+    fn lasting(why: String) -> RestFailure {
+        RestFailure {
+            why,
+            transient: false,
+        }
+    }
+}
+
 /// Twilio's REST API for live calls, as configured.
 #[derive(Clone)]
 pub struct CallControl {
@@ -182,6 +241,134 @@ impl CallControl {
         }
         outcome
     }
+
+    /// Starts recording the live call `call_sid` (`POST …/Calls/{CallSid}/Recordings.json`,
+    /// the form of [`recording_form`]) and returns the new recording's SID. Sent once, never
+    /// retried here: a request whose answer was lost may have started a recording, and a blind
+    /// second one would record the call twice.
+    pub async fn start_recording(
+        &self,
+        start_account_sid: &str,
+        call_sid: &str,
+        settings: &RecordingSettings,
+    ) -> Result<String, RestFailure> {
+        #[derive(Deserialize)]
+        struct Created {
+            sid: String,
+        }
+        let (url, user, secret) = self.recordings_url(start_account_sid, call_sid)?;
+        let form = recording_form(settings);
+        let request = CLIENT.with(|client| client.post(&url));
+        let body = fetch(request, user, secret, Some(&form)).await?;
+        let created: Created = serde_json::from_slice(&body).map_err(|e| {
+            RestFailure::lasting(format!("Twilio's answer is not a recording: {e}"))
+        })?;
+        if !created.sid.starts_with("RE") || !is_sid(&created.sid) {
+            return Err(RestFailure::lasting(format!(
+                "Twilio's answer has no recording SID: {:?}",
+                created.sid
+            )));
+        }
+        Ok(created.sid)
+    }
+
+    /// The recordings of the call `call_sid` (`GET …/Calls/{CallSid}/Recordings.json`, its
+    /// first page: newest first, far more than a call ever has).
+    pub async fn list_recordings(
+        &self,
+        start_account_sid: &str,
+        call_sid: &str,
+    ) -> Result<Vec<CallRecording>, RestFailure> {
+        #[derive(Deserialize)]
+        struct Page {
+            recordings: Vec<CallRecording>,
+        }
+        let (url, user, secret) = self.recordings_url(start_account_sid, call_sid)?;
+        let request = CLIENT.with(|client| client.get(&url));
+        let body = fetch(request, user, secret, None).await?;
+        let page: Page = serde_json::from_slice(&body).map_err(|e| {
+            RestFailure::lasting(format!("Twilio's answer is not a list of recordings: {e}"))
+        })?;
+        Ok(page.recordings)
+    }
+
+    /// The call's Recordings list URL and the Basic pair to send (SIDs checked first).
+    fn recordings_url<'a>(
+        &'a self,
+        start_account_sid: &'a str,
+        call_sid: &str,
+    ) -> Result<(String, &'a str, &'a SecretString), RestFailure> {
+        let account = self.account_sid.as_deref().unwrap_or(start_account_sid);
+        if !is_sid(account) || !is_sid(call_sid) {
+            return Err(RestFailure::lasting(format!(
+                "not a Twilio SID: account {account:?}, call {call_sid:?}"
+            )));
+        }
+        let url = format!(
+            "{}/2010-04-01/Accounts/{account}/Calls/{call_sid}/Recordings.json",
+            self.base
+        );
+        let (user, secret) = match &self.credentials {
+            Credentials::ApiKey { sid, secret } => (sid.as_str(), secret),
+            Credentials::AuthToken(token) => (account, token),
+        };
+        Ok((url, user, secret))
+    }
+}
+
+/// One request (a form POST, or a GET): Twilio's answer body on a 2xx, else why not.
+async fn fetch(
+    request: awc::ClientRequest,
+    user: &str,
+    secret: &SecretString,
+    form: Option<&[(&'static str, String)]>,
+) -> Result<actix_web::web::Bytes, RestFailure> {
+    let request = request.basic_auth(user, secret.expose_secret());
+    let sent = match form {
+        Some(form) => request.send_form(&form).await,
+        None => request.send().await,
+    };
+    let mut response = sent.map_err(|e| RestFailure {
+        why: format!("request failed: {e}"),
+        transient: true,
+    })?;
+    let status = response.status();
+    let body = response
+        .body()
+        .limit(MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| RestFailure {
+            why: format!(
+                "HTTP {}, and its body could not be read: {e}",
+                status.as_u16()
+            ),
+            transient: status.is_success() || status.is_server_error(),
+        })?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    Err(RestFailure {
+        why: format!("HTTP {}: {}", status.as_u16(), twilio_message(&body)),
+        transient: status.is_server_error(),
+    })
+}
+
+/// The most of an answer read: a call's recordings list is a few KiB.
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+/// Twilio's error body, `{"code":20003,"message":"Authenticate","more_info":…,"status":401}`,
+/// as "Twilio error 20003: Authenticate"; anything else, its first 200 bytes.
+fn twilio_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            Some(format!(
+                "Twilio error {}: {}",
+                v.get("code")?,
+                v.get("message")?.as_str()?
+            ))
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
 }
 
 fn failure(outcome: &ControlOutcome) -> &str {
@@ -215,18 +402,8 @@ async fn send(
     if status.as_u16() == 404 {
         return (ControlOutcome::AlreadyOver, false);
     }
-    // Twilio's error body: {"code":20003,"message":"Authenticate","more_info":…,"status":401}.
     let body = response.body().limit(16 * 1024).await.unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| {
-            Some(format!(
-                "Twilio error {}: {}",
-                v.get("code")?,
-                v.get("message")?.as_str()?
-            ))
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    let message = twilio_message(&body);
     (
         ControlOutcome::Failed(format!("HTTP {}: {message}", status.as_u16())),
         status.is_server_error(),
@@ -267,6 +444,49 @@ mod tests {
             say.form()[0].1,
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say>Sorry &amp; &lt;goodbye&gt;</Say><Hangup/></Response>"
         );
+    }
+
+    #[test]
+    fn a_recording_is_asked_for_with_the_form_twilio_documents() {
+        use crate::records::recording::Channels;
+        let quiet = RecordingSettings {
+            channels: Channels::Mono,
+            status_url: None,
+        };
+        assert_eq!(
+            recording_form(&quiet),
+            vec![("RecordingChannels", "mono".to_string())]
+        );
+        let told = RecordingSettings {
+            channels: Channels::Dual,
+            status_url: Some("https://example.com/rec?x=1".into()),
+        };
+        assert_eq!(
+            recording_form(&told),
+            vec![
+                ("RecordingChannels", "dual".to_string()),
+                (
+                    "RecordingStatusCallback",
+                    "https://example.com/rec?x=1".to_string()
+                ),
+                (
+                    "RecordingStatusCallbackEvent",
+                    "completed absent".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_recording_in_progress_or_paused_is_active() {
+        let with = |status: &str| CallRecording {
+            sid: "RE1".into(),
+            status: status.into(),
+        };
+        assert!(with("in-progress").is_active() && with("paused").is_active());
+        for done in ["stopped", "processing", "completed", "absent", "deleted"] {
+            assert!(!with(done).is_active(), "{done}");
+        }
     }
 
     #[test]

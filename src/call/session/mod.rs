@@ -6,15 +6,17 @@
 //! - `protocol.rs`: the Twilio stream protocol (inbound frames, the bounded outbound queue);
 //! - `upstream.rs`: the app's upstream WebSocket as the call drives it;
 //! - `control.rs`: ending a call through Twilio's REST API;
+//! - `recording.rs`: `RECORD_CALLS`, Twilio recording the call (once per call);
 //! - `http.rs`: an app's HTTP requests (the agent's tools).
 //!
 //! The call's [`CallSlot`] is a field, so the slot is released when the actor stops, whatever
-//! stopped it; the actor does not stop while a REST request of the call is in flight, so a drain
-//! waits for it.
+//! stopped it; the actor does not stop while a REST call update of the call is in flight, so a
+//! drain waits for it (a recording request is not waited for: it runs beside the call).
 
 mod control;
 mod http;
 mod protocol;
+mod recording;
 mod upstream;
 
 use std::cell::RefCell;
@@ -29,6 +31,7 @@ use crate::call::handler::{Call, CallEnd, CallHandler, EndRequest, HandlerError,
 use crate::call::outbound::OutboundQueue;
 use crate::call::supervisor::{Attach, CallSlot, CallSupervisor, CloseCall};
 use crate::metrics::{MediaCounts, Metrics};
+use crate::records::recording::RecordingSettings;
 use crate::records::{CallRecords, Recorder};
 use crate::twilio::rest::{CallControl, CallUpdate};
 use crate::twilio::signature::StreamTokens;
@@ -45,6 +48,7 @@ macro_rules! call_log {
 pub(crate) use call_log;
 
 pub use self::protocol::MAX_FRAME_BYTES;
+pub use self::recording::{ensure_recording, RecordingOutcome};
 pub use crate::call::handler::EndReason;
 
 /// How long a closing stream may take to flush its close frame before the actor stops anyway.
@@ -66,6 +70,8 @@ pub struct SessionSettings {
     pub control: Option<CallControl>,
     /// Where the call's records go (`CALL_EVENTS_URL`); `None`: no records.
     pub recorder: Option<Recorder>,
+    /// `RECORD_CALLS`: Twilio records the call (through `control`); `None`: it does not.
+    pub recording: Option<RecordingSettings>,
 }
 
 /// What ended a call whose REST `update` had been sent when the stream ended: Twilio ends the

@@ -157,6 +157,11 @@ impl CallSession {
                 if let Some(records) = &mut self.records {
                     records.started();
                 }
+                // A call whose app failed at its start is failed over: its next stream records it.
+                if result.is_ok() {
+                    let attempt = start.custom_parameters.get("attempt");
+                    self.start_recording(attempt.and_then(|a| a.parse().ok()).unwrap_or(1), ctx);
+                }
                 result
             }
             (false, StreamEvent::Start(_)) => {
