@@ -559,3 +559,178 @@ async fn a_spooled_record_survives_sigkill_and_is_delivered_at_the_next_start() 
     drop(bin);
     std::fs::remove_dir_all(&spool).unwrap();
 }
+
+/// The next `n` frames to Twilio: the mark names among them (media is counted, not kept).
+async fn marks_in(call: &mut TestStream, n: usize) -> Vec<String> {
+    let mut marks = Vec::new();
+    for _ in 0..n {
+        let frame = call.next_json().await;
+        match frame["event"].as_str().unwrap() {
+            "media" => {}
+            "mark" => marks.push(frame["mark"]["name"].as_str().unwrap().to_string()),
+            other => panic!("expected media or mark, got {other}: {frame}"),
+        }
+    }
+    marks
+}
+
+/// Sends a caller frame and waits until the model has it: what the call got before is handled.
+async fn sync(call: &mut TestStream, model: &FakeRealtime, sid: &str, n: usize) {
+    call.media(sid, n as u64, "AAAA").await;
+    model.wait_for("input_audio_buffer.append", n).await;
+}
+
+async fn lookup_order(req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if !signature_ok(&req, &body) {
+        return HttpResponse::Unauthorized().finish();
+    }
+    HttpResponse::Ok().json(json!({"status": "shipped"}))
+}
+
+/// An agent call against the strict Realtime fake: the record has the caller's and the agent's
+/// turns in call order, the turn the caller talked over marked with what was heard of it, the
+/// tool call with its arguments and answer, the barge-in, and the usage of every response.
+#[actix_web::test]
+async fn an_agent_call_s_record_has_its_transcript_tool_calls_and_usage() {
+    let receiver = Receiver::start(Mode::Fine);
+    let tools = serve_peer(|cfg| {
+        cfg.route("/lookup_order", web::post().to(lookup_order));
+    });
+    let (model, twilio) = (
+        FakeRealtime::start("sk-test"),
+        FakeTwilio::start(crate::routing::KEY_SID, "key-secret"),
+    );
+    let agents = format!(
+        r#"
+[agents.desk]
+default = true
+model = "gpt-realtime-2.1"
+instructions = "You answer for Acme."
+greeting = "Hello, how can I help?"
+
+[[agents.desk.tools]]
+name = "lookup_order"
+description = "Look up an order."
+url = "http://{tools}/lookup_order"
+parameters = {{ type = "object", properties = {{ order_number = {{ type = "string" }} }} }}
+"#
+    );
+    let env = records_env(&receiver);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bin = routed_binary("transcript", &model, &twilio, &agents, &env).await;
+    let app = &bin.app;
+    twilio.live_call("CAtalk");
+    let sid = stream_sid_for("CAtalk");
+    let twiml = parse_twiml(&webhook_for(app, "CAtalk", "+15550001111").await);
+    let mut call = stream_for(app, "CAtalk", &twiml, |_| {}).await;
+
+    // The caller's words are transcribed, with the SDK's current model.
+    let update = model.wait_for("session.update", 1).await;
+    assert_eq!(
+        update["session"]["audio"]["input"]["transcription"],
+        json!({"model": "gpt-live-transcribe"})
+    );
+
+    // The greeting.
+    model.wait_for("response.create", 1).await;
+    model.say("item_a1", "Hello, how can I help?", 200).await;
+    model.finish_response().await;
+    let greeted = marks_in(&mut call, 2).await;
+    call.mark(&sid, &greeted[0]).await;
+
+    // The caller asks; the model looks the order up.
+    model.speech_started().await;
+    model.speech_stopped().await;
+    model.caller_said("Where is my order 1234?").await;
+    model
+        .tool_call_with("lookup_order", "call_1", json!({"order_number": "1234"}))
+        .await;
+    model.finish_response().await;
+    model.wait_for("response.create", 2).await;
+
+    // The answer: 400 ms in two deltas; the caller hears the first 200 ms, then talks over it.
+    model
+        .say("item_a2", "Your order shipped yesterday.", 200)
+        .await;
+    model.audio("item_a2", 200).await;
+    let answer = marks_in(&mut call, 4).await;
+    call.mark(&sid, &answer[0]).await;
+    sync(&mut call, &model, &sid, 1).await;
+    model.speech_started().await;
+    model.wait_for("conversation.item.truncate", 1).await;
+    model.speech_stopped().await;
+    model.caller_said("Can I talk to sales?").await;
+    // The caller hangs up while the model answers.
+    sync(&mut call, &model, &sid, 2).await;
+    call.stop(&sid, "CAtalk").await;
+    assert_eq!(call.expect_close().await.0, 1000);
+
+    let ended = receiver.ended("CAtalk").await;
+    assert_eq!(ended["end_reason"], "caller_hung_up");
+    assert_eq!(ended["agent"], "desk");
+    assert_eq!(ended["engine"], "realtime");
+    assert_eq!(ended["model"], "gpt-realtime-2.1");
+    let turns: Vec<(String, String, bool)> = ended["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["role"].as_str().unwrap().to_string(),
+                t["text"].as_str().unwrap().to_string(),
+                t["interrupted"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let turn = |role: &str, text: &str, interrupted| (role.into(), text.into(), interrupted);
+    assert_eq!(
+        turns,
+        [
+            turn("agent", "Hello, how can I help?", false),
+            turn("caller", "Where is my order 1234?", false),
+            turn("agent", "Your order shipped yesterday.", true),
+            turn("caller", "Can I talk to sales?", false),
+        ]
+    );
+    let cut = &ended["transcript"][2];
+    assert_eq!(cut["heard_ms"], 200);
+    assert_eq!(
+        cut["end_ms"].as_u64(),
+        Some(cut["start_ms"].as_u64().unwrap() + 200)
+    );
+    let times: Vec<u64> = ended["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["start_ms"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert_eq!(ended["barge_ins"], 1);
+
+    let tools = ended["tool_calls"].as_array().unwrap();
+    assert_eq!(tools.len(), 1, "{tools:?}");
+    assert_eq!(tools[0]["name"], "lookup_order");
+    assert_eq!(tools[0]["call_id"], "call_1");
+    assert_eq!(tools[0]["arguments"], json!({"order_number": "1234"}));
+    assert_eq!(tools[0]["outcome"], "ok");
+    assert_eq!(tools[0]["status"], 200);
+
+    // Three responses ended (the greeting, the tool call's, the one talked over): the fake
+    // counts 150 input tokens (120 text, 30 audio, 64 cached) each, and output tokens from the
+    // audio sent (10 a second) and the words of the transcript.
+    let usage = &ended["usage"];
+    assert_eq!(usage["responses"], 3);
+    assert_eq!(usage["input_tokens"], 450);
+    assert_eq!(
+        usage["input_token_details"],
+        json!({"text_tokens": 360, "audio_tokens": 90, "cached_tokens": 192})
+    );
+    // Greeting: 200 ms, 5 words; the cut answer: 400 ms + 2 × 100 ms in flight, 4 words.
+    assert_eq!(
+        usage["output_token_details"],
+        json!({"text_tokens": 9, "audio_tokens": 8})
+    );
+    assert_eq!(usage["output_tokens"], 17);
+    assert_eq!(usage["total_tokens"], 467);
+    assert!(model.errors().is_empty(), "{:?}", model.errors());
+}

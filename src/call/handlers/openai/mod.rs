@@ -52,6 +52,7 @@ use crate::twilio::signature::BOUND_PARAM;
 use self::agents::{Agent, Destination, Tool};
 use self::metrics::AgentMetrics;
 use crate::call::handler::{HttpAnswer, HttpPost};
+use crate::records::{Role, ToolCallRecord, ToolOutcome};
 use crate::twilio::messages::Start;
 use crate::twilio::signature::unix_now;
 
@@ -140,7 +141,24 @@ pub struct OpenAiAgent {
     response_asked: Option<Instant>,
     barge_ins: u64,
     dropped_deltas: u64,
+    /// For the call record (only kept when records are on): the caller's turns being heard
+    /// (item, start ms, end ms), and the agent's turns not yet final (item, text, start ms).
+    caller_turns: VecDeque<(String, u64, Option<u64>)>,
+    agent_turns: VecDeque<AgentTurn>,
 }
+
+/// An agent turn of the transcript until its transcript is final.
+struct AgentTurn {
+    item_id: String,
+    text: String,
+    /// When its first audio went to Twilio (ms from the stream's start), and how much of it.
+    start_ms: Option<u64>,
+    sent_ms: u64,
+}
+
+/// Turns the record follows at once (older ones are written as they are): a bound on the
+/// agent's memory whatever the model sends.
+const MAX_OPEN_TURNS: usize = 16;
 
 impl OpenAiAgent {
     pub fn new(config: Arc<AgentConfig>, metrics: AgentMetrics) -> Self {
@@ -174,6 +192,8 @@ impl OpenAiAgent {
             response_asked: None,
             barge_ins: 0,
             dropped_deltas: 0,
+            caller_turns: VecDeque::new(),
+            agent_turns: VecDeque::new(),
         }
     }
 
@@ -236,6 +256,9 @@ impl OpenAiAgent {
         if let Some(noise) = agent.noise_reduction {
             input["noise_reduction"] = json!({"type": noise.as_str()});
         }
+        if let Some(model) = &self.config.transcription {
+            input["transcription"] = json!({"model": model});
+        }
         json!({
             "type": "session.update",
             "session": {
@@ -293,12 +316,47 @@ impl OpenAiAgent {
                 self.responses.active = true;
                 self.responses.id = event["response"]["id"].as_str().map(str::to_string);
             }
-            "response.done" => self.response_done(call),
+            "response.done" => {
+                if let Some(record) = call.record() {
+                    let usage = &event["response"]["usage"];
+                    if usage.is_object() {
+                        record.usage.get_or_insert_default().add(usage);
+                    }
+                }
+                self.response_done(call)
+            }
             "response.output_audio.delta" => self.on_delta(&event, call),
             "input_audio_buffer.speech_stopped" => {
                 self.response_asked = Some(Instant::now());
+                self.caller_stopped(&event, call);
             }
-            "input_audio_buffer.speech_started" => self.barge_in(call),
+            "input_audio_buffer.speech_started" => {
+                self.caller_started(&event, call);
+                self.barge_in(call)
+            }
+            "conversation.item.input_audio_transcription.completed" => {
+                self.caller_transcribed(&event, call)
+            }
+            "response.output_audio_transcript.delta" => {
+                if let (Some(item), Some(delta)) =
+                    (event["item_id"].as_str(), event["delta"].as_str())
+                {
+                    if call.record().is_some() && !self.was_interrupted(&event) {
+                        self.agent_turn(item, call).text.push_str(delta);
+                    }
+                }
+            }
+            "response.output_audio_transcript.done" => {
+                if let (Some(item), Some(text)) =
+                    (event["item_id"].as_str(), event["transcript"].as_str())
+                {
+                    if call.record().is_some() && !self.was_interrupted(&event) {
+                        let turn = self.agent_turn(item, call);
+                        turn.text = text.to_string();
+                        self.write_agent_turn(item, call);
+                    }
+                }
+            }
             "response.output_item.done" => {
                 let item = &event["item"];
                 if item["type"] == "function_call" {
@@ -357,6 +415,12 @@ impl OpenAiAgent {
         };
         item.sent += bytes;
         let item_end = item.sent;
+        if call.record().is_some() {
+            let now = call.elapsed_ms();
+            let turn = self.agent_turn(item_id, call);
+            turn.start_ms.get_or_insert(now);
+            turn.sent_ms += bytes / BYTES_PER_MS;
+        }
         call.media_base64(delta);
         if self.marks.len() < MAX_PENDING_MARKS {
             self.mark_seq += 1;
@@ -366,6 +430,113 @@ impl OpenAiAgent {
                 name,
                 item_id: item_id.to_string(),
                 item_end,
+            });
+        }
+    }
+
+    /// An event of the response the caller talked over (its text is already in the record).
+    fn was_interrupted(&self, event: &Value) -> bool {
+        self.interrupted.is_some() && event["response_id"].as_str() == self.interrupted.as_deref()
+    }
+
+    /// The record's draft of the agent turn of `item` (a new one the first time); past
+    /// [`MAX_OPEN_TURNS`] the oldest draft is written as it is.
+    fn agent_turn(&mut self, item: &str, call: &mut Call<'_>) -> &mut AgentTurn {
+        if let Some(at) = self.agent_turns.iter().position(|t| t.item_id == item) {
+            return &mut self.agent_turns[at];
+        }
+        if self.agent_turns.len() >= MAX_OPEN_TURNS {
+            let oldest = self.agent_turns[0].item_id.clone();
+            self.write_agent_turn(&oldest, call);
+        }
+        self.agent_turns.push_back(AgentTurn {
+            item_id: item.to_string(),
+            text: String::new(),
+            start_ms: None,
+            sent_ms: 0,
+        });
+        self.agent_turns.back_mut().expect("pushed")
+    }
+
+    /// The agent turn of `item` into the record: its text, from its first audio for as long as
+    /// its audio lasts.
+    fn write_agent_turn(&mut self, item: &str, call: &mut Call<'_>) {
+        let Some(at) = self.agent_turns.iter().position(|t| t.item_id == item) else {
+            return;
+        };
+        let turn = self.agent_turns.remove(at).expect("found");
+        let now = call.elapsed_ms();
+        let start = turn.start_ms.unwrap_or(now);
+        if let Some(record) = call.record() {
+            record.turn(Role::Agent, item, &turn.text, start, start + turn.sent_ms);
+        }
+    }
+
+    /// The model heard the caller start a turn (its item), at this point of the call.
+    fn caller_started(&mut self, event: &Value, call: &mut Call<'_>) {
+        if let (Some(item), true) = (event["item_id"].as_str(), call.record().is_some()) {
+            if self.caller_turns.len() >= MAX_OPEN_TURNS {
+                self.caller_turns.pop_front();
+            }
+            self.caller_turns
+                .push_back((item.to_string(), call.elapsed_ms(), None));
+        }
+    }
+
+    fn caller_stopped(&mut self, event: &Value, call: &mut Call<'_>) {
+        let now = call.elapsed_ms();
+        if let Some(turn) = event["item_id"]
+            .as_str()
+            .and_then(|item| self.caller_turns.iter_mut().find(|t| t.0 == item))
+        {
+            turn.2 = Some(now);
+        }
+    }
+
+    /// The caller's turn, transcribed: into the record, timed by the model's VAD.
+    fn caller_transcribed(&mut self, event: &Value, call: &mut Call<'_>) {
+        let (Some(item), Some(text)) = (event["item_id"].as_str(), event["transcript"].as_str())
+        else {
+            return;
+        };
+        let now = call.elapsed_ms();
+        let (start, end) = match self.caller_turns.iter().position(|t| t.0 == item) {
+            Some(at) => {
+                let (_, start, end) = self.caller_turns.remove(at).expect("found");
+                (start, end.unwrap_or(now))
+            }
+            None => (now, now),
+        };
+        if let Some(record) = call.record() {
+            record.turn(Role::Caller, item, text.trim(), start, end);
+        }
+    }
+
+    /// A tool call into the record.
+    #[allow(clippy::too_many_arguments)]
+    fn record_tool(
+        call: &mut Call<'_>,
+        name: &str,
+        call_id: &str,
+        arguments: &Value,
+        start_ms: u64,
+        outcome: ToolOutcome,
+        status: Option<u16>,
+    ) {
+        let now = call.elapsed_ms();
+        if let Some(record) = call.record() {
+            let arguments = match arguments.as_str().map(serde_json::from_str::<Value>) {
+                Some(Ok(parsed)) => parsed,
+                _ => arguments.clone(),
+            };
+            record.tool_call(ToolCallRecord {
+                name: name.to_string(),
+                call_id: call_id.to_string(),
+                arguments,
+                start_ms,
+                duration_ms: now.saturating_sub(start_ms),
+                outcome,
+                status,
             });
         }
     }
@@ -396,6 +567,18 @@ impl OpenAiAgent {
             let truncate = json!({"type": "conversation.item.truncate", "item_id": playing.id,
                                   "content_index": 0, "audio_end_ms": heard_ms});
             self.send(call, truncate);
+            let id = playing.id.clone();
+            if call.record().is_some() {
+                self.write_agent_turn(&id, call);
+                let start = call
+                    .record()
+                    .and_then(|r| r.transcript.as_ref())
+                    .and_then(|t| t.iter().rfind(|t| t.item_id == id))
+                    .map_or(0, |t| t.start_ms);
+                if let Some(record) = call.record() {
+                    record.interrupted(&id, start, heard_ms);
+                }
+            }
         }
         // Twilio drops what it had not played and returns those marks: they are not pending.
         self.marks.clear();
@@ -419,14 +602,26 @@ impl OpenAiAgent {
             .agent_tool_calls
             .get_or_create(&[("name", label)])
             .inc();
+        let (call_id, start) = (item["call_id"].as_str().unwrap_or(""), call.elapsed_ms());
+        let arguments = &item["arguments"];
         match (name, tool) {
             ("end_call", _) => {
+                Self::record_tool(call, name, call_id, arguments, start, ToolOutcome::Ok, None);
                 self.ending = true;
                 self.hang_up_when_played(call);
             }
             ("transfer_call", _) => self.transfer(item, call),
             (_, Some(tool)) => self.call_tool(&tool, item, call),
             _ => {
+                Self::record_tool(
+                    call,
+                    name,
+                    call_id,
+                    arguments,
+                    start,
+                    ToolOutcome::Error,
+                    None,
+                );
                 let output = json!({"error": format!("unknown tool {name:?}")}).to_string();
                 self.tool_output(call, item, &output);
             }
@@ -438,12 +633,26 @@ impl OpenAiAgent {
     /// output (`on_http`). At most [`MAX_TOOLS_IN_FLIGHT`] per call at once, the rest wait.
     fn call_tool(&mut self, tool: &Tool, item: &Value, call: &mut Call<'_>) {
         let call_id = item["call_id"].as_str().unwrap_or("").to_string();
+        let start_ms = call.elapsed_ms();
+        let refused = |call: &mut Call<'_>| {
+            let arguments = &item["arguments"];
+            Self::record_tool(
+                call,
+                &tool.name,
+                &call_id,
+                arguments,
+                start_ms,
+                ToolOutcome::Error,
+                None,
+            );
+        };
         let arguments = match item["arguments"]
             .as_str()
             .map(serde_json::from_str::<Value>)
         {
             Some(Ok(arguments)) => arguments,
             _ => {
+                refused(call);
                 let output = json!({"error": "the arguments are not JSON"}).to_string();
                 return self.tool_output(call, item, &output);
             }
@@ -453,12 +662,14 @@ impl OpenAiAgent {
         .to_string();
         let Some(secret) = &self.config.webhook_secret else {
             // The configuration refuses tools without WEBHOOK_SECRET: not reached.
+            refused(call);
             let output = json!({"error": "the tool is not configured"}).to_string();
             return self.tool_output(call, item, &output);
         };
         let headers = match signed_json_headers(secret, &call_id, &body) {
             Ok(headers) => headers,
             Err(e) => {
+                refused(call);
                 let output = json!({"error": format!("bad call_id: {e}")}).to_string();
                 return self.tool_output(call, item, &output);
             }
@@ -476,6 +687,8 @@ impl OpenAiAgent {
             call_id,
             name: tool.name.clone(),
             started: None,
+            start_ms,
+            arguments,
         });
         self.tools.waiting.push_back(post);
         self.start_tools(call);
@@ -519,6 +732,20 @@ impl OpenAiAgent {
             (None, [only]) => Ok(only.destination.clone()),
             (None, _) => Err("transfer_call needs a target".to_string()),
         };
+        let (call_id, start) = (item["call_id"].as_str().unwrap_or(""), call.elapsed_ms());
+        let outcome = match destination {
+            Ok(_) => ToolOutcome::Ok,
+            Err(_) => ToolOutcome::Error,
+        };
+        Self::record_tool(
+            call,
+            "transfer_call",
+            call_id,
+            &item["arguments"],
+            start,
+            outcome,
+            None,
+        );
         match destination {
             Ok(Destination::Number(to) | Destination::Sip(to)) => call.transfer(&to),
             Err(why) => {
@@ -747,6 +974,9 @@ struct PendingTool {
     name: String,
     /// When it was sent (`None`: waiting for a free slot).
     started: Option<Instant>,
+    /// For the record: when the model called it (ms from the stream's start), with what.
+    start_ms: u64,
+    arguments: Value,
 }
 
 /// The agent's own tools in flight.
@@ -918,6 +1148,10 @@ impl CallHandler for OpenAiAgent {
         };
         let tool = self.tools.pending.remove(at);
         let took = tool.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let status = match &answer {
+            HttpAnswer::Answered { status, .. } => Some(*status),
+            _ => None,
+        };
         let (outcome, output) = match answer {
             HttpAnswer::Answered { status, body } if (200..300).contains(&status) => {
                 ("ok", String::from_utf8_lossy(&body).into_owned())
@@ -951,6 +1185,21 @@ impl CallHandler for OpenAiAgent {
             ])
             .inc();
         self.metrics.agent_tool_seconds.observe(took);
+        let recorded = match outcome {
+            "ok" => ToolOutcome::Ok,
+            "timeout" => ToolOutcome::Timeout,
+            _ => ToolOutcome::Error,
+        };
+        let (name, call_id) = (tool.name.clone(), tool.call_id.clone());
+        Self::record_tool(
+            call,
+            &name,
+            &call_id,
+            &tool.arguments,
+            tool.start_ms,
+            recorded,
+            status,
+        );
         self.send(
             call,
             json!({"type": "conversation.item.create",
@@ -962,6 +1211,20 @@ impl CallHandler for OpenAiAgent {
     }
 
     fn on_end(&mut self, end: &CallEnd, call: &mut Call<'_>) {
+        if call.record().is_some() {
+            // Turns the call ended in the middle of: what there is of them.
+            while let Some(turn) = self.agent_turns.front() {
+                let item = turn.item_id.clone();
+                self.write_agent_turn(&item, call);
+            }
+            let barge_ins = self.barge_ins;
+            if let Some(record) = call.record() {
+                record.barge_ins = Some(barge_ins);
+                record.transcript.get_or_insert_with(Vec::new);
+                record.tool_calls.get_or_insert_with(Vec::new);
+                record.usage.get_or_insert_default();
+            }
+        }
         agent_log!(
             call,
             Info,

@@ -165,7 +165,9 @@ impl AgentConfig {
                 }
             },
         });
-        let transcription = match get(ENV_AGENT_TRANSCRIPTION).map(|v| v.trim().to_ascii_lowercase()) {
+        let transcription = match get(ENV_AGENT_TRANSCRIPTION)
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
             None => true,
             Some(v) if v == "on" => true,
             Some(v) if v == "off" => false,
