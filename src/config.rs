@@ -357,7 +357,7 @@ impl fmt::Display for Config {
             f,
             "listen={}:{} limit_concurrency={} public_url={} max_redirects={} \
              start_timeout={}s idle_timeout={}s drain_timeout={}s outbound_buffer={}KiB workers={} \
-             replica={} auth={} handler={}{} call_control={}",
+             replica={} auth={} handler={}{} call_control={} records={} recording={}",
             self.host,
             self.port,
             self.limit_concurrency,
@@ -379,6 +379,18 @@ impl fmt::Display for Config {
             },
             self.rest_credentials()
                 .map_or("off".to_string(), |c| c.describe()),
+            self.records.as_ref().map_or("off".to_string(), |r| format!(
+                "{}{}",
+                url_origin(&r.delivery.url),
+                if r.delivery.spool_dir.is_some() {
+                    " (spooled)"
+                } else {
+                    ""
+                }
+            )),
+            self.recording
+                .as_ref()
+                .map_or("off", |r| r.channels.as_str()),
         )
     }
 }

@@ -224,3 +224,70 @@ impl CallRecords {
         format!("rec_{sid}_{kind}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Option<RecordSettings>, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let get = |k: &str| map.get(k).cloned();
+        let secret = crate::config::webhook_secret(&get)?;
+        settings_from(&get, secret.as_ref())
+    }
+
+    const SECRET: (&str, &str) = ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+
+    #[test]
+    fn every_variable_is_read_and_checked() {
+        assert!(settings(&[]).unwrap().is_none(), "no URL, no records");
+        let s = settings(&[
+            ("CALL_EVENTS_URL", "https://hooks.example.com/calls"),
+            SECRET,
+            ("CALL_EVENTS_TIMEOUT_MS", "750"),
+            ("CALL_EVENTS_MAX_AGE_SECS", "3600"),
+            ("CALL_EVENTS_QUEUE", "50"),
+            ("CALL_EVENTS_SPOOL_DIR", "/data/spool"),
+            ("RECORD_MAX_TRANSCRIPT_KIB", "8"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.delivery.url, "https://hooks.example.com/calls");
+        assert_eq!(s.delivery.timeout, Duration::from_millis(750));
+        assert_eq!(s.delivery.max_age, Duration::from_secs(3600));
+        assert_eq!(s.delivery.queue, 50);
+        assert_eq!(s.delivery.spool_dir, Some(PathBuf::from("/data/spool")));
+        assert_eq!(s.transcript_cap, 8 * 1024);
+        let defaults = settings(&[("CALL_EVENTS_URL", "http://127.0.0.1:9/x"), SECRET])
+            .unwrap()
+            .unwrap();
+        assert_eq!(defaults.delivery.timeout, Duration::from_secs(5));
+        assert_eq!(defaults.delivery.max_age, Duration::from_secs(86_400));
+        assert_eq!(defaults.delivery.queue, 10_000);
+        assert_eq!(defaults.transcript_cap, 256 * 1024);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let url = ("CALL_EVENTS_URL", "https://hooks.example.com/calls");
+        let no_secret = settings(&[url]).unwrap_err();
+        assert_eq!(no_secret.variable, "WEBHOOK_SECRET");
+        for (variable, value) in [
+            ("CALL_EVENTS_URL", "ftp://x"),
+            ("CALL_EVENTS_TIMEOUT_MS", "0"),
+            ("CALL_EVENTS_MAX_AGE_SECS", "forever"),
+            ("CALL_EVENTS_QUEUE", "0"),
+            ("RECORD_MAX_TRANSCRIPT_KIB", "-1"),
+        ] {
+            let mut vars = vec![url, SECRET];
+            vars.retain(|(k, _)| *k != variable);
+            vars.push((variable, value));
+            let e = settings(&vars).unwrap_err();
+            assert_eq!((e.variable, e.value.as_str()), (variable, value));
+        }
+    }
+}
