@@ -164,6 +164,10 @@ pub trait CallHandler: 'static {
     ) -> Result<(), HandlerError> {
         Ok(())
     }
+    /// A timer set with [`Call::set_timer`] fired.
+    fn on_timer(&mut self, _id: u64, _call: &mut Call<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
     /// The call is ending, for whatever reason; called exactly once, and nothing is called after
     /// it. Frames sent to the upstream here still go out before the upstream is closed.
     fn on_end(&mut self, _end: &CallEnd, _call: &mut Call<'_>) {}
@@ -236,6 +240,8 @@ pub const HTTP_BODY_MAX: usize = 16 * 1024;
 #[derive(Default)]
 pub struct Requests {
     pub http: Vec<HttpPost>,
+    /// Timers asked for: (`id`, after how long).
+    pub timers: Vec<(u64, Duration)>,
     pub upstream_out: Vec<actix_ws::Message>,
     pub connect: Option<UpstreamRequest>,
     /// Close the upstream with this code and reason once what is queued has gone.
@@ -388,6 +394,11 @@ impl<'a> Call<'a> {
     /// POSTs `post`; the answer arrives as [`CallHandler::on_http`] with `post.id`.
     pub fn http_post(&mut self, post: HttpPost) {
         self.requests.http.push(post);
+    }
+
+    /// [`CallHandler::on_timer`] with `id` after `delay` (unless the call has ended by then).
+    pub fn set_timer(&mut self, id: u64, delay: Duration) {
+        self.requests.timers.push((id, delay));
     }
 
     /// Hangs the call up through Twilio's REST API, then closes the stream 1000 `hangup`.

@@ -154,9 +154,13 @@ pub struct ToolCallRecord {
     pub status: Option<u16>,
 }
 
-/// Tokens, summed over the call's responses (`response.done`'s `usage`).
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+/// Tokens, summed over the call's responses (`response.done`'s `usage`; a live agent's backend
+/// `response.completed`'s), and a live agent's billed audio time.
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
 pub struct Usage {
+    /// GPT-Live: the session's audio seconds (its latest `usage.seconds`: not a sum).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
     pub responses: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -193,6 +197,17 @@ impl Usage {
         let output = &usage["output_token_details"];
         self.output_token_details.text_tokens += n(&output["text_tokens"]);
         self.output_token_details.audio_tokens += n(&output["audio_tokens"]);
+    }
+
+    /// Adds one Responses API `usage` (a live agent's backend): tokens, cached input tokens.
+    pub fn add_responses(&mut self, usage: &Value) {
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        self.responses += 1;
+        self.input_tokens += n(&usage["input_tokens"]);
+        self.output_tokens += n(&usage["output_tokens"]);
+        self.total_tokens += n(&usage["total_tokens"]);
+        self.input_token_details.cached_tokens +=
+            n(&usage["input_tokens_details"]["cached_tokens"]);
     }
 }
 

@@ -149,7 +149,7 @@ fn each_kind_of_bad_file_exits_2_with_its_one_precise_line() {
         ("unknown-top-key", "[agent.a]\ndefault = true\n".into(),
          "agents.toml:1: key `agent`: unknown key (the file has [defaults] and [agents.NAME] tables)"),
         ("unknown-agent-key", format!("{A}voise = \"marin\"\n"),
-         "agents.toml:4: agent `a`, key `voise`: unknown key (expected one of: numbers, default, instructions, instructions_file, greeting, voice, model, turn_detection, noise_reduction, transfer_targets, dtmf, tools, mcp)"),
+         "agents.toml:4: agent `a`, key `voise`: unknown key (expected one of: numbers, default, instructions, instructions_file, greeting, voice, model, turn_detection, noise_reduction, transfer_targets, dtmf, tools, mcp, engine, backend_model)"),
         ("unknown-tool-key", with_tool("timeout = 5\n"),
          "agents.toml:8: agent `a`, key `tools[0].timeout`: unknown key (expected one of: name, description, url, timeout_ms, parameters)"),
         ("bad-e164", format!("{A}numbers = [\"555-0100\"]\n"),

@@ -67,6 +67,10 @@ pub fn agent_config(url: &str) -> callvisor::call::handlers::openai::settings::A
         connect_timeout: std::time::Duration::from_secs(
             callvisor::call::handlers::openai::settings::DEFAULT_AGENT_CONNECT_TIMEOUT_SECS,
         ),
+        live_url: callvisor::call::handlers::openai::settings::DEFAULT_OPENAI_LIVE_URL.into(),
+        live_clear_ahead: std::time::Duration::from_millis(
+            callvisor::call::handlers::openai::settings::DEFAULT_LIVE_CLEAR_AHEAD_MS,
+        ),
         // Production's default: the caller's turns are transcribed.
         transcription: Some(
             callvisor::call::handlers::openai::settings::DEFAULT_AGENT_TRANSCRIPTION_MODEL.into(),

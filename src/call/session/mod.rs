@@ -440,6 +440,16 @@ impl CallSession {
                 self.http_post(post, ctx);
             }
         }
+        for (id, delay) in std::mem::take(&mut self.requests.timers) {
+            if !self.is_closing() {
+                ctx.run_later(delay, move |act, ctx| {
+                    if !act.is_closing() {
+                        let result = act.dispatch(ctx, |h, call| h.on_timer(id, call));
+                        act.after_handler(ctx, result);
+                    }
+                });
+            }
+        }
         if let Some(end) = self.requests.end.take() {
             self.end_request(end, ctx);
         }

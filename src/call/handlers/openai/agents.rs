@@ -52,7 +52,10 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_VAD_MS: u64 = 10_000;
 
 const AGENT_KEYS: &str = "numbers, default, instructions, instructions_file, greeting, voice, \
-                          model, turn_detection, noise_reduction, transfer_targets, dtmf, tools, mcp";
+                          model, turn_detection, noise_reduction, transfer_targets, dtmf, tools, mcp, \
+                          engine, backend_model";
+/// A live agent's model when it names none (`OPENAI_MODEL` is the Realtime engine's).
+pub const DEFAULT_LIVE_MODEL: &str = "gpt-live-1";
 const TOOL_KEYS: &str = "name, description, url, timeout_ms, parameters";
 const MCP_KEYS: &str =
     "server_label, server_url, allowed_tools, require_approval, headers_from_env";
@@ -102,6 +105,29 @@ pub struct Agent {
     pub tools: Vec<Tool>,
     /// Remote MCP servers the Realtime API calls itself.
     pub mcp: Vec<McpServer>,
+    /// Which of OpenAI's voice APIs runs it (`engine`).
+    pub engine: Engine,
+    /// `engine = "live"`: the Responses model its tools are delegated to (required there).
+    pub backend_model: Option<String>,
+}
+
+/// Which of OpenAI's voice APIs an agent runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// The Realtime API (the default).
+    #[default]
+    Realtime,
+    /// GPT-Live.
+    Live,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Realtime => "realtime",
+            Engine::Live => "live",
+        }
+    }
 }
 
 /// How the model decides the caller has finished speaking (`turn_detection`).
@@ -440,6 +466,8 @@ impl Agent {
             dtmf_to_model: true,
             tools: Vec::new(),
             mcp: Vec::new(),
+            engine: Engine::Realtime,
+            backend_model: None,
         }
     }
 
@@ -769,6 +797,8 @@ struct Settings {
     dtmf: Option<bool>,
     tools: Option<Vec<Tool>>,
     mcp: Option<Vec<McpServer>>,
+    engine: Option<Engine>,
+    backend_model: Option<String>,
 }
 
 type Value<'i> = Spanned<DeValue<'i>>;
@@ -886,6 +916,30 @@ impl Parser<'_> {
             };
             let own = scope.settings(scope.table("", value)?, true)?;
             let s = merge(own, &defaults);
+            let engine = s.engine.unwrap_or_default();
+            if engine == Engine::Live {
+                if s.backend_model.is_none() {
+                    return Err(scope.err(
+                        "backend_model",
+                        &key.span(),
+                        "engine = \"live\" delegates the agent's tools to a Responses model: set \
+                         backend_model (e.g. \"gpt-5.5\")",
+                    ));
+                }
+                if s.mcp.as_ref().is_some_and(|m| !m.is_empty()) {
+                    return Err(scope.err(
+                        "mcp",
+                        &key.span(),
+                        "engine = \"live\" cannot take MCP servers: GPT-Live's delegation types \
+                         (the official SDK's) give an `mcp` tool no server, URL or headers",
+                    ));
+                }
+            }
+            let model = match (s.model, engine) {
+                (Some(model), _) => model,
+                (None, Engine::Live) => DEFAULT_LIVE_MODEL.to_string(),
+                (None, Engine::Realtime) => default_model.to_string(),
+            };
             let agent = Arc::new(Agent {
                 name: name.clone(),
                 numbers: s
@@ -902,13 +956,15 @@ impl Parser<'_> {
                 instructions_file: s.instructions.and_then(|(_, f)| f),
                 greeting: s.greeting,
                 voice: s.voice.unwrap_or_else(|| DEFAULT_AGENT_VOICE.to_string()),
-                model: s.model.unwrap_or_else(|| default_model.to_string()),
+                model,
                 turn_detection: s.turn_detection.unwrap_or_default(),
                 noise_reduction: s.noise_reduction,
                 transfer_targets: s.transfer_targets.unwrap_or_default(),
                 dtmf_to_model: s.dtmf.unwrap_or(true),
                 tools: s.tools.unwrap_or_default(),
                 mcp: s.mcp.unwrap_or_default(),
+                engine,
+                backend_model: s.backend_model,
             });
             for number in s.numbers.iter().flatten() {
                 if let Some(other) = numbers.get(number.get_ref()) {
@@ -964,6 +1020,8 @@ fn merge(own: Settings, defaults: &Settings) -> Settings {
         dtmf: own.dtmf.or(d.dtmf),
         tools: own.tools.or(d.tools),
         mcp: own.mcp.or(d.mcp),
+        engine: own.engine.or(d.engine),
+        backend_model: own.backend_model.or(d.backend_model),
     }
 }
 
@@ -1167,7 +1225,14 @@ impl<'i> Scope<'_, '_> {
                     s.instructions = Some((text, Some(path)));
                 }
                 "greeting" => s.greeting = Some(self.text(k, value)?),
-                "voice" | "model" => {
+                "engine" => {
+                    s.engine = Some(self.choice(
+                        k,
+                        value,
+                        &[("realtime", Engine::Realtime), ("live", Engine::Live)],
+                    )?)
+                }
+                "voice" | "model" | "backend_model" => {
                     let v = self.text(k, value)?;
                     if !is_identifier(&v) {
                         return Err(self.err(
@@ -1176,10 +1241,10 @@ impl<'i> Scope<'_, '_> {
                             format!("{v:?}: expected a name of letters, digits, '.', '-' and '_'"),
                         ));
                     }
-                    if k == "voice" {
-                        s.voice = Some(v);
-                    } else {
-                        s.model = Some(v);
+                    match k {
+                        "voice" => s.voice = Some(v),
+                        "model" => s.model = Some(v),
+                        _ => s.backend_model = Some(v),
                     }
                 }
                 "turn_detection" => s.turn_detection = Some(self.turn_detection(value)?),
@@ -2076,8 +2141,8 @@ timeout_ms = 30000
         let cases: Vec<(String, &str)> = vec![
             // Unknown keys, anywhere.
             ("[agent.a]\n".into(), "/srv/agents.toml:1: key `agent`: unknown key (the file has [defaults] and [agents.NAME] tables)"),
-            (format!("{A}voise = \"x\"\n"), "/srv/agents.toml:3: agent `a`, key `voise`: unknown key (expected one of: numbers, default, instructions, instructions_file, greeting, voice, model, turn_detection, noise_reduction, transfer_targets, dtmf, tools, mcp)"),
-            (format!("[defaults]\ntone = \"calm\"\n{A}"), "/srv/agents.toml:2: [defaults], key `tone`: unknown key (expected one of: numbers, default, instructions, instructions_file, greeting, voice, model, turn_detection, noise_reduction, transfer_targets, dtmf, tools, mcp)"),
+            (format!("{A}voise = \"x\"\n"), "/srv/agents.toml:3: agent `a`, key `voise`: unknown key (expected one of: numbers, default, instructions, instructions_file, greeting, voice, model, turn_detection, noise_reduction, transfer_targets, dtmf, tools, mcp, engine, backend_model)"),
+            (format!("[defaults]\ntone = \"calm\"\n{A}"), "/srv/agents.toml:2: [defaults], key `tone`: unknown key (expected one of: numbers, default, instructions, instructions_file, greeting, voice, model, turn_detection, noise_reduction, transfer_targets, dtmf, tools, mcp, engine, backend_model)"),
             (tool("timeout = 5\n"), "/srv/agents.toml:7: agent `a`, key `tools[0].timeout`: unknown key (expected one of: name, description, url, timeout_ms, parameters)"),
             (format!("{A}[[agents.a.mcp]]\nlabel = \"crm\"\n"), "/srv/agents.toml:4: agent `a`, key `mcp[0].label`: unknown key (expected one of: server_label, server_url, allowed_tools, require_approval, headers_from_env)"),
             (format!("{A}turn_detection = {{ type = \"server_vad\", eagerness = \"low\" }}\n"), "/srv/agents.toml:3: agent `a`, key `turn_detection.eagerness`: unknown key (expected one of: type, threshold, prefix_padding_ms, silence_duration_ms for server_vad)"),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use secrecy::SecretString;
 
-use super::agents::{Agent, Agents, AgentsError, Destination, TransferTarget};
+use super::agents::{Agent, Agents, AgentsError, Destination, Engine, TransferTarget};
 use super::metrics::AgentMetrics;
 use super::OpenAiAgent;
 use crate::call::handler::HandlerFactory;
@@ -62,7 +62,17 @@ pub const ENV_AGENT_NAME: &str = "default";
 /// The variables that configure one agent, and the agents file's key each becomes: with
 /// `AGENTS_FILE` set, any of them is an error (two sources of truth). `OPENAI_MODEL` is not
 /// among them: it stays the model of every agent that names none.
-pub const PER_AGENT_VARIABLES: [(&str, &str); 6] = [
+/// GPT-Live (`engine = "live"`): its WebSocket, the one-agent setup's engine and backend model,
+/// and the stale-audio rule's threshold (docs/apps.md).
+pub const ENV_OPENAI_LIVE_URL: &str = "OPENAI_LIVE_URL";
+pub const DEFAULT_OPENAI_LIVE_URL: &str = "wss://api.openai.com/v1/live/sessions";
+pub const ENV_AGENT_ENGINE: &str = "AGENT_ENGINE";
+pub const ENV_AGENT_BACKEND_MODEL: &str = "AGENT_BACKEND_MODEL";
+pub const ENV_LIVE_CLEAR_AHEAD_MS: &str = "LIVE_CLEAR_AHEAD_MS";
+pub const DEFAULT_LIVE_CLEAR_AHEAD_MS: u64 = 300;
+pub const PER_AGENT_VARIABLES: [(&str, &str); 8] = [
+    (ENV_AGENT_ENGINE, "engine"),
+    (ENV_AGENT_BACKEND_MODEL, "backend_model"),
     (ENV_AGENT_INSTRUCTIONS, "instructions"),
     (ENV_AGENT_INSTRUCTIONS_FILE, "instructions_file"),
     (ENV_AGENT_VOICE, "voice"),
@@ -98,6 +108,11 @@ pub struct AgentConfig {
     /// `AGENT_CONNECT_TIMEOUT_SECS`: how long the model's handshake may take before the call is
     /// given up to another replica.
     pub connect_timeout: Duration,
+    /// `OPENAI_LIVE_URL`: GPT-Live's WebSocket (no query: the model goes in `session.start`).
+    pub live_url: String,
+    /// `LIVE_CLEAR_AHEAD_MS`: a live agent clears Twilio's queued audio when the caller talks and
+    /// more than this much of it has not played.
+    pub live_clear_ahead: Duration,
     /// `AGENT_TRANSCRIPTION_MODEL` (`None`: `AGENT_TRANSCRIPTION=off`): the model transcribing
     /// the caller, for the call records' transcripts.
     pub transcription: Option<String>,
@@ -186,7 +201,33 @@ impl AgentConfig {
                 |m| m.trim().to_string(),
             )
         });
+        let live_url = match get(ENV_OPENAI_LIVE_URL) {
+            Some(v) if valid_ws_url(v.trim()) && !v.contains('?') => v.trim().to_string(),
+            Some(v) => {
+                return Err(ConfigError {
+                    variable: ENV_OPENAI_LIVE_URL,
+                    value: v,
+                    expected: "a ws:// or wss:// URL without a query (GPT-Live takes none)".into(),
+                })
+            }
+            None => DEFAULT_OPENAI_LIVE_URL.to_string(),
+        };
+        let live_clear_ahead = Duration::from_millis(match get(ENV_LIVE_CLEAR_AHEAD_MS) {
+            None => DEFAULT_LIVE_CLEAR_AHEAD_MS,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(ms) if (20..=60_000).contains(&ms) => ms,
+                _ => {
+                    return Err(ConfigError {
+                        variable: ENV_LIVE_CLEAR_AHEAD_MS,
+                        value: v,
+                        expected: "milliseconds from 20 to 60000".into(),
+                    })
+                }
+            },
+        });
         Ok(AgentConfig {
+            live_url,
+            live_clear_ahead,
             transcription,
             api_key,
             url,
@@ -388,6 +429,34 @@ fn env_agent(get: &dyn Fn(&str) -> Option<String>, model: String) -> Result<Agen
             name: ENV_AGENT_NAME.to_string(),
             destination: Destination::Number(v.trim().to_string()),
         });
+    }
+    match get(ENV_AGENT_ENGINE).map(|v| v.trim().to_ascii_lowercase()) {
+        None => {}
+        Some(v) if v == "realtime" => {}
+        Some(v) if v == "live" => {
+            agent.engine = Engine::Live;
+            agent.backend_model = Some(
+                get(ENV_AGENT_BACKEND_MODEL)
+                    .map(|m| m.trim().to_string())
+                    .ok_or(ConfigError {
+                        variable: ENV_AGENT_BACKEND_MODEL,
+                        value: String::new(),
+                        expected: "AGENT_ENGINE=live delegates the agent's tools to a Responses \
+                                   model: set it (e.g. gpt-5.5)"
+                            .into(),
+                    })?,
+            );
+            if get(ENV_OPENAI_MODEL).is_none() {
+                agent.model = super::agents::DEFAULT_LIVE_MODEL.to_string();
+            }
+        }
+        Some(v) => {
+            return Err(ConfigError {
+                variable: ENV_AGENT_ENGINE,
+                value: v,
+                expected: "realtime (OpenAI's Realtime API) or live (GPT-Live)".into(),
+            })
+        }
     }
     agent.dtmf_to_model = match get(ENV_AGENT_DTMF).map(|v| v.trim().to_ascii_lowercase()) {
         None => true,
