@@ -2133,6 +2133,24 @@ timeout_ms = 30000
 
     /// Every check: the one line names the file, the line, the agent, the key and what is wrong.
     #[test]
+    fn a_live_agent_gets_its_engine_its_backend_and_gpt_live_1_by_default() {
+        let agents = parse(
+            "[defaults]\nbackend_model = \"gpt-5.5\"\n\
+             [agents.live]\ndefault = true\nengine = \"live\"\n\
+             [agents.live11]\nengine = \"live\"\nmodel = \"gpt-live-1.1\"\n\
+             [agents.rt]\nnumbers = [\"+15550001111\"]\n",
+        )
+        .unwrap();
+        let live = agents.by_name("live").unwrap();
+        assert_eq!(live.engine, Engine::Live);
+        assert_eq!(live.model, DEFAULT_LIVE_MODEL);
+        assert_eq!(live.backend_model.as_deref(), Some("gpt-5.5"));
+        assert_eq!(agents.by_name("live11").unwrap().model, "gpt-live-1.1");
+        let rt = agents.by_name("rt").unwrap();
+        assert_eq!((rt.engine, rt.model.as_str()), (Engine::Realtime, MODEL));
+    }
+
+    #[test]
     fn every_bad_file_is_refused_with_one_precise_line() {
         const A: &str = "[agents.a]\ndefault = true\n";
         let tool = |extra: &str| {
@@ -2192,6 +2210,10 @@ timeout_ms = 30000
             // Values.
             (format!("{A}dtmf = \"sometimes\"\n"), "/srv/agents.toml:3: agent `a`, key `dtmf`: \"sometimes\": expected \"on\" or \"off\""),
             (format!("{A}noise_reduction = \"none\"\n"), "/srv/agents.toml:3: agent `a`, key `noise_reduction`: \"none\": expected \"near_field\" or \"far_field\""),
+            // GPT-Live agents.
+            (format!("{A}engine = \"gpt\"\n"), "/srv/agents.toml:3: agent `a`, key `engine`: \"gpt\": expected \"realtime\" or \"live\""),
+            (format!("{A}engine = \"live\"\n"), "/srv/agents.toml:1: agent `a`, key `backend_model`: engine = \"live\" delegates the agent's tools to a Responses model: set backend_model (e.g. \"gpt-5.5\")"),
+            (format!("{A}engine = \"live\"\nbackend_model = \"gpt-5.5\"\n[[agents.a.mcp]]\nserver_label = \"crm\"\nserver_url = \"https://mcp.example.com\"\n"), "/srv/agents.toml:1: agent `a`, key `mcp`: engine = \"live\" cannot take MCP servers: GPT-Live's delegation types (the official SDK's) give an `mcp` tool no server, URL or headers"),
             (format!("{A}turn_detection = {{ type = \"vad\" }}\n"), "/srv/agents.toml:3: agent `a`, key `turn_detection.type`: \"vad\": expected \"server_vad\" or \"semantic_vad\""),
             (format!("{A}turn_detection = {{ type = \"server_vad\", threshold = 1.5 }}\n"), "/srv/agents.toml:3: agent `a`, key `turn_detection.threshold`: expected a number from 0.0 to 1.0, found the float 1.5"),
             (format!("{A}turn_detection = {{ type = \"semantic_vad\", eagerness = \"eager\" }}\n"), "/srv/agents.toml:3: agent `a`, key `turn_detection.eagerness`: \"eager\": expected \"low\" or \"medium\" or \"high\" or \"auto\""),
