@@ -1780,10 +1780,19 @@ impl Live {
         created
     }
 
-    /// A lifecycle snapshot of the response (no input, instructions, tools or output).
+    /// A lifecycle snapshot of the response, a Responses `Response` whose instructions, tools and
+    /// output are cleared ("Response lifecycle snapshots omit input and clear instructions,
+    /// tools, and output").
     fn snapshot(&self, response: &Streaming, status: &str, usage: Value) -> Value {
+        let backend = &self.session["delegation"]["responses"];
+        let tool_choice = match &backend["tool_choice"] {
+            Value::Null => json!("auto"),
+            choice => choice.clone(),
+        };
         json!({"id": response.id, "object": "response", "created_at": response.created_at,
-            "status": status, "model": self.session["delegation"]["responses"]["model"],
+            "status": status, "model": backend["model"], "instructions": null, "tools": [],
+            "tool_choice": tool_choice,
+            "parallel_tool_calls": backend["parallel_tool_calls"].as_bool().unwrap_or(true),
             "output": [], "usage": usage})
     }
 
@@ -1851,7 +1860,8 @@ impl Live {
             320 + 40 * response.items as u64,
             24 * response.items as u64 + 8,
         );
-        let usage = json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": 256},
+        let usage = json!({"input_tokens": input,
+            "input_tokens_details": {"cached_tokens": 256, "cache_write_tokens": 0},
             "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input + output});
         let snapshot = self.snapshot(&response, "completed", usage);
