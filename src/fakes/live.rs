@@ -40,8 +40,9 @@
 //! `session_not_started`, `session_already_started`, `content_too_long`, `instructions_too_long`,
 //! `delegation_not_found`, `responses_delegation_required`, `decisions_delegation_required`,
 //! `function_call_not_found`, `duplicate_function_call_output`, `function_call_outputs_missing`,
-//! `response_in_progress`, `session_closed`, `invalid_json`, `invalid_frame`; at the handshake `invalid_path`,
-//! `beta_header_not_supported`, `server_error`, `refused`. `unsupported_by_fake` marks what the
+//! `response_in_progress`, `session_closed`, `invalid_json`, `invalid_frame`; at the handshake
+//! `invalid_path`, `beta_header_not_supported`, `server_error`, `refused` (a query string is
+//! `unknown_parameter`). `unsupported_by_fake` marks what the
 //! real service accepts but this fake does not model (Decisions delegation, `triggers`, `client`,
 //! audio fixtures) — a test that meets it needs a richer fake, not a fixed client. The close code
 //! after a failed start, 1008, is the fake's own too.
@@ -213,6 +214,11 @@ impl FakeLive {
     /// From now on every handshake gets `status` (401, 429 and 5xx with OpenAI's bodies).
     pub fn refuse_with(&self, status: u16) {
         self.state.lock().unwrap().refuse = Some(status);
+    }
+
+    /// From now on every handshake is accepted again (a client that retries after a refusal).
+    pub fn stop_refusing(&self) {
+        self.state.lock().unwrap().refuse = None;
     }
 
     /// From now on `session.start` is not answered until [`FakeLive::release_start`].
@@ -3009,9 +3015,11 @@ mod tests {
         assert_eq!(status(connect(&fake.url, &good).await), 429);
         fake.refuse_with(503);
         assert_eq!(status(connect(&fake.url, &good).await), 503);
+        fake.stop_refusing();
+        assert_eq!(status(connect(&fake.url, &good).await), 101);
 
         let handshakes = fake.handshakes();
-        assert_eq!(handshakes.len(), 9);
+        assert_eq!(handshakes.len(), 10);
         assert_eq!(
             handshakes[1].path_and_query,
             "/v1/live/sessions?model=gpt-live-1"
