@@ -9,5 +9,6 @@
 //!
 //! Compiled with the `callsim` feature only: the Railway build of the server never carries them.
 
+pub mod live;
 pub mod realtime;
 pub mod twilio_rest;
