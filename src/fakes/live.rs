@@ -51,13 +51,30 @@
 //! `call_id` and a string `output` (the engine sends strings), a `response.item.create` message
 //! takes text parts only, and items other than `message` and `function_call_output` are refused.
 //!
+//! It runs in one of two ways: driven by a test ([`FakeLive`]: the test decides when the model
+//! speaks, delegates, closes), or on its own ([`serve_auto`], callsim's `--live-model`), as
+//! strict as for a test (the same handshake, the same `session.start` checks, the same refusals
+//! before `session.started`) and talking the way GPT-Live does: from `session.started` on, a
+//! `session.output_audio.delta` every [`AutoVoice::delta_every`] without end, silence (mu-law
+//! 0xFF) unless it speaks, the way partners observe the real one streaming ("continuously at
+//! real-time pace, silence included"). An energy VAD over the appended audio (the Realtime
+//! fake's, [`super::vad`]) hears the caller; at the end of an utterance the model says what it
+//! heard (`session.input_transcript.delta`), optionally delegates a tool call to its backend
+//! (`--live-tool`: `session.delegation.created`, `response.event`s, then it waits for the
+//! outputs and `response.create`), and speaks a reply: stamped deltas in place of the silence,
+//! with an output transcript delta. Talked over, it stops itself (there is no cancel). After
+//! [`AutoLive::goodbye_after`] replies, the last one is a goodbye and the backend delegates
+//! `end_call` once its audio is out. A `session.commentary.append` (the greeting) makes it
+//! speak too. Nothing is kept per event in this mode (no `received`), only the refusals.
+//!
 //! Every client event received can be appended, verbatim, to the file named by
 //! `CALLVISOR_LIVE_EVENTS_LOG`: CI checks them against the official SDK's types
 //! (`scripts/sdk_conformance.py live`). The fake's own tests never write there.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -66,6 +83,9 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Map, Value};
+
+pub use super::realtime::AutoVoice;
+use super::vad::{Heard, Vad};
 
 /// The one path of the primary WebSocket.
 pub const PATH: &str = "/v1/live/sessions";
@@ -98,6 +118,24 @@ pub const CLOSE_REASONS: &[&str] = &[
     "connection_lost",
 ];
 
+/// Mu-law silence: what the model streams between its replies in auto mode.
+pub const SILENCE: u8 = 0xff;
+/// Refusals kept for the report in auto mode (all of them are counted).
+const KEPT_ERRORS: usize = 100;
+
+/// How the fake talks on its own (callsim's `--live-model`).
+#[derive(Clone)]
+pub struct AutoLive {
+    /// A reply and how the caller is heard, as for the Realtime fake: `delta` is one delta of
+    /// reply audio (and the size of each silence delta), `delta_every` the stream's pace (real
+    /// time is the delta's own length, `delta.len() / 8` ms), `tool` the function the backend
+    /// calls before each answer to the caller, `tool_answered` told how long its output took.
+    pub voice: AutoVoice,
+    /// After this many replies (a greeting counts) the model has said goodbye: its backend
+    /// delegates `end_call` once that reply's audio is out, and the model answers no more.
+    pub goodbye_after: Option<usize>,
+}
+
 /// One WebSocket handshake the fake answered, accepted or refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Handshake {
@@ -110,8 +148,15 @@ pub struct Handshake {
 
 #[derive(Default)]
 struct State {
-    /// The bearer key accepted.
-    key: String,
+    /// The bearer key accepted; `None`: any non-empty one (auto mode).
+    key: Option<String>,
+    /// Talk on its own (`None`: the test drives it).
+    auto: Option<AutoLive>,
+    /// Keep every handshake and client event for the test to read (off in auto mode: a load
+    /// run would keep them all).
+    record: bool,
+    /// Every `error` sent; `errors` keeps them all when recording, else the first few.
+    error_count: usize,
     /// Where client events are appended, verbatim (`CALLVISOR_LIVE_EVENTS_LOG`).
     log: Option<OsString>,
     /// Every handshake answered with this HTTP status.
@@ -142,9 +187,23 @@ impl Session {
     async fn send_all(&mut self, events: Vec<Value>, state: &Shared) -> bool {
         for event in events {
             if event["type"] == "error" {
-                state.lock().unwrap().errors.push(event.clone());
+                let mut s = state.lock().unwrap();
+                s.error_count += 1;
+                if s.record || s.errors.len() < KEPT_ERRORS {
+                    s.errors.push(event.clone());
+                }
             }
             if self.ws.text(event.to_string()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends events already serialized, in order; false once the socket is gone.
+    async fn send_texts(&mut self, events: Vec<String>) -> bool {
+        for event in events {
+            if self.ws.text(event).await.is_err() {
                 return false;
             }
         }
@@ -185,30 +244,13 @@ impl FakeLive {
 
     fn start_logging(key: &str, log: Option<OsString>) -> FakeLive {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let addr = listener.local_addr().expect("bound");
-        let state: Shared = Arc::new(Mutex::new(State {
-            key: key.into(),
+        let state = State {
+            key: Some(key.into()),
             log,
+            record: true,
             ..State::default()
-        }));
-        let data = web::Data::new(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .default_service(web::to(handshake))
-        })
-        .workers(1)
-        // Events written back to back must not wait for the client's delayed ACK.
-        .tcp_nodelay(true)
-        .disable_signals()
-        .listen(listener)
-        .expect("the fake serves")
-        .run();
-        actix_web::rt::spawn(server);
-        FakeLive {
-            url: format!("ws://{addr}{PATH}"),
-            state,
-        }
+        };
+        serve(listener, state).expect("the fake serves")
     }
 
     /// From now on every handshake gets `status` (401, 429 and 5xx with OpenAI's bodies).
@@ -257,9 +299,15 @@ impl FakeLive {
             .collect()
     }
 
-    /// The `error` events the fake sent: what the real service would have refused.
+    /// The `error` events the fake sent: what the real service would have refused (in auto
+    /// mode, the first few).
     pub fn errors(&self) -> Vec<Value> {
         self.state.lock().unwrap().errors.clone()
+    }
+
+    /// How many `error` events the fake sent.
+    pub fn error_count(&self) -> usize {
+        self.state.lock().unwrap().error_count
     }
 
     /// Waits until an event of `kind` has been received `n` times; returns the `n`th.
@@ -396,6 +444,44 @@ impl FakeLive {
     }
 }
 
+/// Serves the fake on `listener` in the current actix system (every path answered: a wrong one
+/// is refused as the service refuses it).
+fn serve(listener: std::net::TcpListener, state: State) -> std::io::Result<FakeLive> {
+    let addr = listener.local_addr()?;
+    let state: Shared = Arc::new(Mutex::new(state));
+    let data = web::Data::new(state.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .default_service(web::to(handshake))
+    })
+    .workers(1)
+    // Events written back to back must not wait for the client's delayed ACK.
+    .tcp_nodelay(true)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    actix_web::rt::spawn(server);
+    Ok(FakeLive {
+        url: format!("ws://{addr}{PATH}"),
+        state,
+    })
+}
+
+/// callsim's stand-in: the fake on `addr` (`ws://ADDR/v1/live/sessions`), talking on its own.
+/// Any non-empty bearer key is accepted; client events go to `CALLVISOR_LIVE_EVENTS_LOG` when
+/// it is set. The handle reads the refusals ([`FakeLive::error_count`], [`FakeLive::errors`]).
+pub fn serve_auto(addr: SocketAddr, auto: AutoLive) -> std::io::Result<FakeLive> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    let state = State {
+        key: None,
+        log: std::env::var_os(EVENTS_LOG_ENV),
+        auto: Some(auto),
+        ..State::default()
+    };
+    serve(listener, state)
+}
+
 fn http_error(status: u16, kind: &str, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("an HTTP status"))
         .json(json!({"error": {"type": kind, "code": code, "message": message, "param": null}}))
@@ -455,19 +541,21 @@ async fn handshake(
         .map_or_else(|| req.path().to_string(), |p| p.as_str().to_string());
     let (key, refuse) = {
         let mut s = state.lock().unwrap();
-        s.handshakes.push(Handshake {
-            path_and_query: path_and_query.clone(),
-            authorization: header("authorization"),
-            user_agent: header("user-agent"),
-            headers: req
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                    (k.as_str().to_string(), value)
-                })
-                .collect(),
-        });
+        if s.record {
+            s.handshakes.push(Handshake {
+                path_and_query: path_and_query.clone(),
+                authorization: header("authorization"),
+                user_agent: header("user-agent"),
+                headers: req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| {
+                        let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                        (k.as_str().to_string(), value)
+                    })
+                    .collect(),
+            });
+        }
         (s.key.clone(), s.refuse)
     };
     if let Some(status) = refuse {
@@ -494,7 +582,13 @@ async fn handshake(
         ));
     }
     let bearer = header("authorization");
-    if bearer.as_deref().and_then(|b| b.strip_prefix("Bearer ")) != Some(key.as_str()) {
+    let given = bearer.as_deref().and_then(|b| b.strip_prefix("Bearer "));
+    let accepted = match (&key, given) {
+        (Some(key), Some(given)) => given == key,
+        (None, Some(given)) => !given.trim().is_empty(),
+        (_, None) => false,
+    };
+    if !accepted {
         return Ok(refusal(401));
     }
     if req.headers().contains_key("openai-beta") {
@@ -515,11 +609,11 @@ async fn run_session(ws: actix_ws::Session, mut inbound: actix_ws::MessageStream
         ws,
         live: Arc::default(),
     };
-    let log = {
+    let (log, auto, record) = {
         let mut s = state.lock().unwrap();
         s.current = Some(session.clone());
         s.closed = None;
-        s.log.clone()
+        (s.log.clone(), s.auto.clone(), s.record)
     };
     let mut close_code = None;
     while let Some(Ok(message)) = futures_util::StreamExt::next(&mut inbound).await {
@@ -563,17 +657,28 @@ async fn run_session(ws: actix_ws::Session, mut inbound: actix_ws::MessageStream
         };
         let hold = {
             let mut s = state.lock().unwrap();
-            s.received.push(event.clone());
+            if record {
+                s.received.push(event.clone());
+            }
             s.hold
         };
         if server_closed {
             continue;
         }
-        let (replies, close) = {
+        let (replies, close, started) = {
             let mut live = session.live.lock().unwrap();
             live.hold = hold;
-            let replies = live.client_event(&event);
-            (replies, live.close.take())
+            let before = live.phase;
+            let mut replies = live.client_event(&event);
+            let started = before != Phase::Started && live.phase == Phase::Started;
+            if let Some(auto) = &auto {
+                let accepted = !replies.iter().any(|e| e["type"] == "error");
+                if accepted {
+                    let heard = live.auto_heard(&event, auto);
+                    replies.extend(heard);
+                }
+            }
+            (replies, live.close.take(), started)
         };
         if !session.send_all(replies, &state).await {
             continue; // closed from the server's side meanwhile (a test's close_session)
@@ -581,10 +686,38 @@ async fn run_session(ws: actix_ws::Session, mut inbound: actix_ws::MessageStream
         if let Some((code, reason)) = close {
             session.close(code, reason).await;
         }
+        if let (Some(auto), true) = (&auto, started) {
+            actix_web::rt::spawn(stream(session.clone(), auto.clone()));
+        }
     }
     let by_server = session.live.lock().unwrap().closed_by_server;
     state.lock().unwrap().closed = Some(close_code.or(by_server).unwrap_or(1006));
     let _ = session.ws.close(None).await;
+}
+
+/// Auto mode: the model's output from `session.started` on, without end, paced: a delta every
+/// `delta_every`, silence unless a reply is being spoken. It stops with the session.
+async fn stream(mut session: Session, auto: AutoLive) {
+    let silence = json!({"type": "session.output_audio.delta",
+        "delta": STANDARD.encode(vec![SILENCE; auto.voice.delta.len()])})
+    .to_string();
+    let mut next = actix_web::rt::time::Instant::now();
+    loop {
+        let events = {
+            let mut live = session.live.lock().unwrap();
+            if live.phase != Phase::Started || live.closed_by_server.is_some() {
+                return;
+            }
+            live.auto_tick(&auto, &silence)
+        };
+        if !session.send_texts(events).await {
+            return;
+        }
+        // On a fixed schedule: a late tick is made up at once, so that the model's audio keeps
+        // up with the clock as a real-time source does.
+        next += auto.voice.delta_every;
+        actix_web::rt::time::sleep_until(next).await;
+    }
 }
 
 /// Appends one line to the capture file (one write, so parallel tests never interleave).
@@ -1420,6 +1553,23 @@ struct Live {
     close: Option<(u16, &'static str)>,
     /// The code the server closed the socket with.
     closed_by_server: Option<u16>,
+    /// Auto mode: the model's ear and voice.
+    speaker: Speaker,
+}
+
+/// Auto mode: what the model hears and what it is saying.
+#[derive(Default)]
+struct Speaker {
+    vad: Vad,
+    /// Where (session timeline, ms) the caller's current utterance began.
+    heard_from_ms: u64,
+    /// Deltas of the reply still to speak, and the replies begun.
+    left: usize,
+    replies: usize,
+    /// The goodbye's `end_call` was delegated: the model answers no more.
+    said_goodbye: bool,
+    /// Tool calls delegated, and when, until their output comes.
+    tool_sent: HashMap<String, Instant>,
 }
 
 impl Live {
@@ -1915,6 +2065,133 @@ impl Live {
             Some(cause) => self.answer(cause, closed),
             None => self.event(closed),
         }]
+    }
+}
+
+/// What the caller says in auto mode, as the model transcribes it; the model's replies.
+const CALLER_WORDS: &str = "Hello, where is my order?";
+const REPLY_WORDS: &str = "Your order shipped today and arrives on Friday.";
+const GOODBYE_WORDS: &str = "Thanks for calling, goodbye.";
+
+/// Auto mode: the model on its own, over the same session state as a test's.
+impl Live {
+    /// What the model does about a client event the session accepted.
+    fn auto_heard(&mut self, event: &Value, auto: &AutoLive) -> Vec<Value> {
+        if self.phase != Phase::Started {
+            return vec![];
+        }
+        match event["type"].as_str().unwrap_or("") {
+            "session.input_audio.append" => {
+                let audio = STANDARD
+                    .decode(event["audio"].as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                // The timeline already counts this append.
+                let mut at = self.timeline_ms().saturating_sub(audio.len() as u64 / 8);
+                let mut events = Vec::new();
+                for chunk in audio.chunks(160) {
+                    let heard =
+                        self.speaker
+                            .vad
+                            .hear(chunk, auto.voice.is_speech, auto.voice.silence_ms);
+                    at += chunk.len() as u64 / 8;
+                    match heard {
+                        Some(Heard::Started) => {
+                            self.speaker.heard_from_ms = at - chunk.len() as u64 / 8;
+                            // Talked over, the model stops itself (no cancel exists).
+                            self.speaker.left = 0;
+                        }
+                        Some(Heard::Stopped) => {
+                            let end = at.saturating_sub(auto.voice.silence_ms);
+                            events.extend(self.answer_caller(auto, end));
+                        }
+                        None => {}
+                    }
+                }
+                events
+            }
+            // Speakable context (the greeting's "speak first"): the model speaks.
+            "session.commentary.append" => {
+                if self.speaker.left == 0 && !self.speaker.said_goodbye {
+                    self.speak(auto);
+                }
+                vec![]
+            }
+            "response.item.create" => {
+                let call_id = event["item"]["call_id"].as_str().unwrap_or("");
+                if let Some(sent) = self.speaker.tool_sent.remove(call_id) {
+                    if let Some(hook) = &auto.voice.tool_answered {
+                        hook(sent.elapsed());
+                    }
+                }
+                vec![]
+            }
+            // The backend answers the outputs at once: its response completes, calling nothing.
+            "response.create" => self.finish_delegation(),
+            _ => vec![],
+        }
+    }
+
+    /// The caller's utterance ended at `end_ms`: its transcript, the tool call when there is
+    /// one, and a reply (from the next delta on).
+    fn answer_caller(&mut self, auto: &AutoLive, end_ms: u64) -> Vec<Value> {
+        let from = self.speaker.heard_from_ms;
+        let mut events = vec![self.transcript(
+            "session.input_transcript.delta",
+            CALLER_WORDS,
+            from,
+            end_ms.max(from),
+        )];
+        if self.speaker.said_goodbye {
+            return events;
+        }
+        if let (Some(tool), Owner::Responses) = (&auto.voice.tool, self.owner) {
+            let call_id = self.id("call");
+            self.speaker
+                .tool_sent
+                .insert(call_id.clone(), Instant::now());
+            events.extend(self.function_call(tool, &call_id, "{}"));
+            events.extend(self.finish_delegation());
+        }
+        self.speak(auto);
+        events
+    }
+
+    fn speak(&mut self, auto: &AutoLive) {
+        self.speaker.left = auto.voice.deltas_per_reply;
+        self.speaker.replies += 1;
+    }
+
+    /// The next delta of the stream (silence, or the reply's next one, stamped), and what
+    /// goes with it: the reply's transcript at its start, the goodbye's `end_call` at its end.
+    fn auto_tick(&mut self, auto: &AutoLive, silence: &str) -> Vec<String> {
+        let voice = &auto.voice;
+        if self.speaker.left == 0 {
+            return vec![silence.to_string()];
+        }
+        let goodbye = auto.goodbye_after == Some(self.speaker.replies);
+        let mut out = Vec::with_capacity(2);
+        if self.speaker.left == voice.deltas_per_reply {
+            let at = self.timeline_ms();
+            let ms = (voice.deltas_per_reply * voice.delta.len() / 8) as u64;
+            let words = if goodbye { GOODBYE_WORDS } else { REPLY_WORDS };
+            let kind = "session.output_transcript.delta";
+            out.push(self.transcript(kind, words, at, at + ms).to_string());
+        }
+        let mut delta = voice.delta.clone();
+        (voice.stamp)(&mut delta);
+        out.push(
+            json!({"type": "session.output_audio.delta", "delta": STANDARD.encode(&delta)})
+                .to_string(),
+        );
+        self.speaker.left -= 1;
+        if self.speaker.left == 0 && goodbye && self.owner == Owner::Responses {
+            self.speaker.said_goodbye = true;
+            let call_id = self.id("call");
+            let mut events = self.function_call("end_call", &call_id, r#"{"reason":"goodbye"}"#);
+            events.extend(self.finish_delegation());
+            out.extend(events.iter().map(Value::to_string));
+        }
+        out
     }
 }
 
@@ -2923,6 +3200,200 @@ mod tests {
         assert_eq!(types(&unmuted), ["session.input_audio.unmuted"]);
     }
 
+    // --- auto mode (callsim) -----------------------------------------------------------------
+
+    /// Loud chunks are speech (the first byte says it).
+    fn loud(chunk: &[u8]) -> bool {
+        chunk[0] != SILENCE
+    }
+
+    /// 100 ms deltas, 3 a reply; a VAD that waits 100 ms; stamps that write a counter.
+    fn auto(tool: Option<&str>, goodbye_after: Option<usize>) -> (AutoLive, Arc<Mutex<Vec<u64>>>) {
+        let stamped = Arc::new(AtomicU64::new(0));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let took = answered.clone();
+        let voice = AutoVoice {
+            delta: vec![0x10; 800],
+            deltas_per_reply: 3,
+            delta_every: Duration::from_millis(100),
+            is_speech: loud,
+            silence_ms: 100,
+            stamp: Arc::new(move |delta: &mut [u8]| {
+                delta[0] = stamped.fetch_add(1, Ordering::Relaxed) as u8 + 1;
+            }),
+            tool: tool.map(str::to_string),
+            tool_answered: Some(Arc::new(move |d: Duration| {
+                took.lock().unwrap().push(d.as_micros() as u64)
+            })),
+        };
+        let auto = AutoLive {
+            voice,
+            goodbye_after,
+        };
+        (auto, answered)
+    }
+
+    /// What run_session does with a client event in auto mode.
+    fn hear(live: &mut Live, event: &Value, auto: &AutoLive) -> Vec<Value> {
+        let mut events = live.client_event(event);
+        if !events.iter().any(|e| e["type"] == "error") {
+            events.extend(live.auto_heard(event, auto));
+        }
+        events
+    }
+
+    fn audio(byte: u8, ms: usize) -> Value {
+        json!({"type": "session.input_audio.append", "audio": STANDARD.encode(vec![byte; ms * 8])})
+    }
+
+    fn ticks(live: &mut Live, auto: &AutoLive, n: usize) -> Vec<Value> {
+        let silence = json!({"type": "session.output_audio.delta",
+            "delta": STANDARD.encode([SILENCE; 800])})
+        .to_string();
+        (0..n)
+            .flat_map(|_| live.auto_tick(auto, &silence))
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .collect()
+    }
+
+    fn first_byte(delta: &Value) -> u8 {
+        STANDARD.decode(delta["delta"].as_str().unwrap()).unwrap()[0]
+    }
+
+    #[test]
+    fn auto_streams_silence_and_answers_an_utterance_with_a_stamped_reply_and_its_tool() {
+        let (auto, answered) = auto(Some("lookup_order"), None);
+        let mut live = started();
+        // Nothing heard yet: silence, one delta a tick, nothing else.
+        let silent = ticks(&mut live, &auto, 2);
+        assert_eq!(types(&silent), ["session.output_audio.delta"; 2]);
+        assert!(silent.iter().all(|d| first_byte(d) == SILENCE));
+
+        assert!(hear(&mut live, &audio(0x10, 200), &auto).is_empty());
+        assert!(hear(&mut live, &audio(SILENCE, 60), &auto).is_empty());
+        // 100 ms of silence after the speech: the utterance ended; the backend calls the tool.
+        let heard = hear(&mut live, &audio(SILENCE, 60), &auto);
+        assert_eq!(
+            types(&heard),
+            [
+                "session.input_transcript.delta",
+                "session.delegation.created",
+                "response.event",
+                "response.event",
+                "response.event",
+                "response.event"
+            ]
+        );
+        assert_eq!(
+            (heard[0]["start_ms"].as_u64(), heard[0]["end_ms"].as_u64()),
+            (Some(0), Some(200))
+        );
+        let inner: Vec<&str> = heard[2..]
+            .iter()
+            .map(|e| e["event"]["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            inner,
+            [
+                "response.created",
+                "response.output_item.added",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        let call = &heard[4]["event"]["item"];
+        assert_eq!(call["name"], "lookup_order");
+        let call_id = call["call_id"].as_str().unwrap().to_string();
+
+        // The reply replaces the silence: its transcript, then its 3 stamped deltas.
+        let reply = ticks(&mut live, &auto, 4);
+        assert_eq!(
+            types(&reply),
+            [
+                "session.output_transcript.delta",
+                "session.output_audio.delta",
+                "session.output_audio.delta",
+                "session.output_audio.delta",
+                "session.output_audio.delta"
+            ]
+        );
+        assert_eq!(reply[0]["delta"], REPLY_WORDS);
+        let firsts: Vec<u8> = reply[1..].iter().map(first_byte).collect();
+        assert_eq!(firsts, [1, 2, 3, SILENCE]);
+
+        // The agent answers the call, then continues the response: it completes at once.
+        assert!(hear(&mut live, &output(&call_id), &auto).is_empty());
+        assert_eq!(answered.lock().unwrap().len(), 1);
+        let more = hear(&mut live, &json!({"type": "response.create"}), &auto);
+        let inner: Vec<&str> = more
+            .iter()
+            .map(|e| e["event"]["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(inner, ["response.created", "response.completed"]);
+        assert!(live.streaming.is_none());
+    }
+
+    #[test]
+    fn auto_stops_when_talked_over_speaks_a_greeting_and_says_goodbye_with_end_call() {
+        let (auto, _) = auto(None, Some(2));
+        let mut live = started();
+        // The greeting (commentary) is spoken.
+        let greet = append("session.commentary.append", "Greet the caller now.");
+        assert_eq!(
+            types(&hear(&mut live, &greet, &auto)),
+            ["session.commentary.appended"]
+        );
+        let spoken = ticks(&mut live, &auto, 2);
+        assert_eq!(spoken[0]["type"], "session.output_transcript.delta");
+        // The caller talks over it: the rest of it is silence.
+        hear(&mut live, &audio(0x10, 20), &auto);
+        let after = ticks(&mut live, &auto, 2);
+        assert!(after.iter().all(|d| first_byte(d) == SILENCE), "{after:?}");
+
+        // Its end is answered with the second reply, the goodbye, then end_call.
+        let heard = hear(&mut live, &audio(SILENCE, 100), &auto);
+        assert_eq!(types(&heard), ["session.input_transcript.delta"]);
+        let goodbye = ticks(&mut live, &auto, 4);
+        assert_eq!(goodbye[0]["delta"], GOODBYE_WORDS);
+        let kinds = types(&goodbye);
+        assert_eq!(kinds[1..4], ["session.output_audio.delta"; 3]);
+        assert_eq!(kinds[4], "session.delegation.created");
+        let call = goodbye
+            .iter()
+            .find(|e| e["event"]["type"] == "response.output_item.done")
+            .unwrap();
+        assert_eq!(call["event"]["item"]["name"], "end_call");
+        assert_eq!(
+            goodbye.last().unwrap()["type"],
+            "session.output_audio.delta"
+        );
+        assert_eq!(first_byte(goodbye.last().unwrap()), SILENCE);
+
+        // Said goodbye: another utterance is transcribed, not answered.
+        hear(&mut live, &audio(0x10, 20), &auto);
+        let heard = hear(&mut live, &audio(SILENCE, 100), &auto);
+        assert_eq!(types(&heard), ["session.input_transcript.delta"]);
+        assert!(ticks(&mut live, &auto, 2)
+            .iter()
+            .all(|d| first_byte(d) == SILENCE));
+    }
+
+    #[test]
+    fn auto_hears_nothing_that_the_session_refused() {
+        let (auto, _) = auto(Some("lookup_order"), None);
+        let mut live = Live::default();
+        // Before session.started: refused, and the VAD never hears it.
+        let early = hear(&mut live, &audio(0x10, 200), &auto);
+        assert_eq!(early[0]["error"]["code"], "session_not_started");
+        assert_eq!(early.len(), 1);
+        let mut live = started();
+        let unknown = with(audio(0x10, 20), "/bogus", Some(json!(1)));
+        let refused = hear(&mut live, &unknown, &auto);
+        assert_eq!(refused[0]["error"]["code"], "unknown_parameter");
+        // The refused speech was not heard: silence after it ends no utterance.
+        assert!(hear(&mut live, &audio(SILENCE, 200), &auto).is_empty());
+    }
+
     // --- over the socket ---------------------------------------------------------------------
 
     use awc::ws::{Frame, Message};
@@ -3149,5 +3620,68 @@ mod tests {
             }
             other => panic!("expected the server's Close, got {other:?}"),
         }
+    }
+
+    #[actix_web::test]
+    async fn auto_mode_checks_the_start_then_streams_silence_in_real_time() {
+        let (auto, _) = auto(None, None);
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let fake = serve_auto(addr, auto).unwrap();
+        assert_eq!(fake.url, format!("ws://{addr}{PATH}"));
+        // Any bearer key, but one.
+        assert_eq!(status(connect(&fake.url, &[]).await), 401);
+
+        // No command before the start; a start with an unknown field fails and closes.
+        let mut socket = open(&fake).await;
+        send(&mut socket, &audio(0x10, 20)).await;
+        assert_eq!(
+            next(&mut socket).await["error"]["code"],
+            "session_not_started"
+        );
+        send(
+            &mut socket,
+            &with(start_event(), "/session/bogus", Some(json!(1))),
+        )
+        .await;
+        let error = next(&mut socket).await;
+        assert_eq!(
+            (
+                error["error"]["code"].as_str(),
+                error["error"]["param"].as_str()
+            ),
+            (Some("unknown_parameter"), Some("session.bogus"))
+        );
+        match actix_web::rt::time::timeout(PATIENCE, socket.next()).await {
+            Ok(Some(Ok(Frame::Close(Some(reason))))) => {
+                assert_eq!(u16::from(reason.code), FAILED_START_CLOSE)
+            }
+            other => panic!("expected the server's Close, got {other:?}"),
+        }
+
+        // Started: silence from then on, a 100 ms delta every 100 ms.
+        let mut socket = open(&fake).await;
+        send(&mut socket, &start_event()).await;
+        assert_eq!(next(&mut socket).await["type"], "session.started");
+        let began = Instant::now();
+        for _ in 0..5 {
+            let delta = next(&mut socket).await;
+            assert_eq!(delta["type"], "session.output_audio.delta");
+            let audio = STANDARD.decode(delta["delta"].as_str().unwrap()).unwrap();
+            assert_eq!(audio, [SILENCE; 800]);
+        }
+        assert!(began.elapsed() >= Duration::from_millis(390), "paced");
+        send(&mut socket, &json!({"type": "session.close"})).await;
+        let mut closed = next(&mut socket).await;
+        while closed["type"] == "session.output_audio.delta" {
+            closed = next(&mut socket).await;
+        }
+        assert_eq!(closed["type"], "session.closed");
+        assert_eq!(fake.error_count(), 2);
+        assert_eq!(fake.errors().len(), 2);
+        assert!(fake.received().is_empty(), "nothing kept in auto mode");
+        assert!(fake.handshakes().is_empty());
     }
 }

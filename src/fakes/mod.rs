@@ -12,3 +12,4 @@
 pub mod live;
 pub mod realtime;
 pub mod twilio_rest;
+pub mod vad;

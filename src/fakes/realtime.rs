@@ -35,6 +35,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use super::vad::{Heard, Vad};
+
 /// Realtime models the fake knows (the official SDK's list, `openai` 3.51.0).
 pub const KNOWN_MODELS: &[&str] = &[
     "gpt-realtime-2.1",
@@ -637,9 +639,8 @@ struct Conversation {
     /// Tool calls sent in auto mode and when, until their output comes.
     tool_sent: HashMap<String, Instant>,
     next_id: u64,
-    /// The VAD (auto mode): in speech, silence since, caller audio so far.
-    speaking: bool,
-    silent_ms: u64,
+    /// The VAD (auto mode), and the caller audio so far.
+    vad: Vad,
     audio_ms: u64,
 }
 
@@ -971,22 +972,15 @@ impl Conversation {
     fn listen(&mut self, audio: &[u8], voice: &AutoVoice) -> Vec<Value> {
         let mut events = Vec::new();
         for chunk in audio.chunks(160) {
-            let ms = chunk.len() as u64 / 8;
-            self.audio_ms += ms;
-            if (voice.is_speech)(chunk) {
-                self.silent_ms = 0;
-                if !self.speaking {
-                    self.speaking = true;
+            self.audio_ms += chunk.len() as u64 / 8;
+            match self.vad.hear(chunk, voice.is_speech, voice.silence_ms) {
+                Some(Heard::Started) => {
                     let mut stale = voice.delta.clone();
                     (voice.stamp)(&mut stale);
                     events.extend(self.speech_started(&stale));
                 }
-            } else if self.speaking {
-                self.silent_ms += ms;
-                if self.silent_ms >= voice.silence_ms {
-                    self.speaking = false;
-                    events.extend(self.speech_stopped());
-                }
+                Some(Heard::Stopped) => events.extend(self.speech_stopped()),
+                None => {}
             }
         }
         events

@@ -488,6 +488,95 @@ async fn a_voice_caller_talks_to_the_agent_hears_its_answer_and_records_it() {
 }
 
 #[actix_web::test]
+async fn a_voice_caller_hears_the_live_agent_between_its_silence_and_is_hung_up_after_the_goodbye()
+{
+    use callvisor::call::handlers::openai::agents::{Agent, Agents, Engine};
+    let (model, rest) = (free_addr(), free_addr());
+    let dir = std::env::temp_dir().join(format!("callsim-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("hello.wav");
+    utterance_wav(&wav);
+    let live_url = format!("ws://{model}/v1/live/sessions");
+    let rest_url = format!("http://{rest}");
+    let key_sid = "SK0123456789abcdef0123456789abcdef";
+    let app = spawn_app_with(move |c| {
+        let mut agent = Agent::basic("default", "gpt-live-1", "marin", "You help {{From}}.");
+        agent.engine = Engine::Live;
+        agent.backend_model = Some("gpt-5.5".into());
+        let mut config = agent_config("ws://127.0.0.1:9/v1/realtime");
+        config.agents = std::sync::Arc::new(Agents::single(agent));
+        config.live_url = live_url;
+        c.handler = std::sync::Arc::new(config);
+        c.twilio_api_base_url = rest_url;
+        c.twilio_api_key = Some((key_sid.into(), "secret".to_string().into()));
+    })
+    .await;
+    let record = dir.join("heard");
+    // Two utterances (0 s and 4 s): the second reply is the goodbye, then end_call; the caller
+    // would have stayed 12 s.
+    let (s, code) = callsim(
+        &app.base,
+        &[
+            "--calls",
+            "3",
+            "--duration",
+            "12s",
+            "--ramp",
+            "0s",
+            "--say",
+            wav.to_str().unwrap(),
+            "--say-every",
+            "4s",
+            "--record",
+            record.to_str().unwrap(),
+            "--live-model",
+            &model,
+            "--live-goodbye-after",
+            "2",
+            "--twilio-api",
+            &rest,
+            "--twilio-api-key-sid",
+            key_sid,
+            "--twilio-api-key-secret",
+            "secret",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["hung_up_by_app"], 3, "{s:#}");
+    assert_eq!(s["live_model_errors"]["count"], 0, "{s:#}");
+    for call in s["call_records"].as_array().unwrap() {
+        // Each utterance answered after the model's 500 ms wait: the silence it streams in
+        // between is not a reply.
+        let replies = call["reply_ms"].as_array().expect("replies were timed");
+        assert_eq!(replies.len(), 2, "{call}");
+        assert!(
+            replies.iter().all(|r| r.as_f64().unwrap() >= 500.0),
+            "{call}"
+        );
+        let heard =
+            std::fs::read(record.join(format!("{}.wav", call["call_sid"].as_str().unwrap())))
+                .unwrap();
+        let audio = &heard[58..];
+        let first_sound = audio
+            .iter()
+            .position(|&b| b != 0xff)
+            .expect("the agent was heard");
+        assert!(first_sound >= 8 * 1600, "after the VAD: {first_sound}");
+        // Hung up after the goodbye (2 s of it from ~5.7 s), before the caller's 12 s.
+        assert!(audio.len() >= 8 * 7500, "{} bytes", audio.len());
+        assert!(audio.len() < 8 * 11_000, "{} bytes", audio.len());
+    }
+    // Every reply delta was timed from the model to the caller (2 replies of 20 per caller).
+    assert!(
+        s["model_to_caller_ms"]["count"].as_u64().unwrap() >= 3 * 2 * 20,
+        "{s:#}"
+    );
+    app.wait_for_active(0).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[actix_web::test]
 async fn the_rest_api_stand_in_wants_the_servers_credentials() {
     const KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
     let app = spawn_app().await;

@@ -60,7 +60,7 @@ pub struct Ctx {
     pub say_every: Option<Duration>,
     /// `--record DIR`: each call's heard audio is written there.
     pub record_dir: Option<PathBuf>,
-    /// `--realtime-model`: when the stand-in model sent each audio delta.
+    /// `--realtime-model`, `--live-model`: when the stand-in models sent each reply delta.
     pub model: Option<Arc<Stamps>>,
 }
 
@@ -651,17 +651,18 @@ impl<'a> Leg<'a> {
                 self.call.record.frames_echoed += 1;
                 let mut stats = self.ctx.stats.borrow_mut();
                 stats.frames_echoed += 1;
-                if let Some(ended) = self.reply_wait.take() {
-                    let waited = micros(now - ended);
-                    stats.reply_us.saturating_record(waited);
-                    self.call.record.reply_ms.push((waited / 100) as f64 / 10.0);
+                let model = self.ctx.model.as_ref();
+                let sent = model.and_then(|m| m.sent_at(&media.payload));
+                // With a stand-in model, a reply is its stamped audio: GPT-Live's silence
+                // between replies is audio too, and answers nothing.
+                if model.is_none() || sent.is_some() {
+                    if let Some(ended) = self.reply_wait.take() {
+                        let waited = micros(now - ended);
+                        stats.reply_us.saturating_record(waited);
+                        self.call.record.reply_ms.push((waited / 100) as f64 / 10.0);
+                    }
                 }
-                if let Some(sent) = self
-                    .ctx
-                    .model
-                    .as_ref()
-                    .and_then(|m| m.sent_at(&media.payload))
-                {
+                if let Some(sent) = sent {
                     stats
                         .model_us
                         .saturating_record(micros(now.into_std().saturating_duration_since(sent)));

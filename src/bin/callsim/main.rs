@@ -9,8 +9,8 @@
 //! `<Redirect>`, honour `<Say>`/`<Hangup>`/`<Reject>`), open the `<Stream>`, send `connected`,
 //! `start` and 20 ms mu-law frames at real time, answer `mark`s once their audio has played,
 //! and hang up with `stop`. When the server closes the stream, the TwiML after `</Connect>` runs.
-//! As a voice caller (`--say`, `--record`, `--realtime-model`) it plays a recording into each
-//! call, writes what each caller heard, and times the answers.
+//! As a voice caller (`--say`, `--record`, `--realtime-model`, `--live-model`) it plays a
+//! recording into each call, writes what each caller heard, and times the answers.
 //! Single-threaded on purpose: one core, no locks; pin it with `taskset` for benchmarks.
 
 #![forbid(unsafe_code)]
@@ -18,6 +18,7 @@
 mod audio;
 mod caller;
 mod chaos;
+mod live_model;
 mod realtime_model;
 mod report;
 
@@ -25,6 +26,7 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callvisor::fakes::twilio_rest::{BasicAuth, FakeTwilio};
@@ -121,6 +123,24 @@ struct Args {
     /// in the server's AGENTS_FILE), and the report times the agent's output (tool round trip).
     #[arg(long, value_name = "NAME", requires = "realtime_model")]
     realtime_tool: Option<String>,
+    /// Serve a stand-in for OpenAI's GPT-Live here (e.g. 127.0.0.1:8083) and point the
+    /// server's OPENAI_LIVE_URL at ws://ADDR/v1/live/sessions: it streams audio without end
+    /// (silence between replies), answers each utterance, and the report times each reply delta
+    /// from the model to the caller and counts what the stand-in refused.
+    #[arg(long, value_name = "ADDR")]
+    live_model: Option<std::net::SocketAddr>,
+    /// With --live-model: each answer first delegates this tool of the agent (an agent's tool
+    /// in the server's AGENTS_FILE) to the backend, and the report times the agent's output.
+    #[arg(long, value_name = "NAME", requires = "live_model")]
+    live_tool: Option<String>,
+    /// With --live-model: the Nth reply to a caller is a goodbye, after which the backend
+    /// delegates `end_call` (the agent hangs up through the REST API: give --twilio-api).
+    #[arg(long, value_name = "N", requires = "live_model", value_parser = clap::value_parser!(u64).range(1..))]
+    live_goodbye_after: Option<u64>,
+    /// With --live-model: the size of each audio delta, sent as often (real time), 10-1000 ms.
+    #[arg(long, value_name = "MS", default_value_t = live_model::DEFAULT_DELTA_MS,
+          value_parser = clap::value_parser!(u64).range(10..=1000))]
+    live_delta_ms: u64,
 }
 
 fn parse_target(s: &str) -> Result<String, String> {
@@ -267,23 +287,41 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let model = match args
-        .realtime_model
-        .map(|addr| realtime_model::start(addr, args.realtime_tool.clone()))
-    {
-        None => None,
-        Some(Ok(stamps)) => {
-            eprintln!(
-                "callsim: Realtime API stand-in on ws://{}/v1/realtime (the server's OPENAI_REALTIME_URL)",
-                args.realtime_model.unwrap()
-            );
-            Some(stamps)
-        }
-        Some(Err(e)) => {
+    // One clock and one set of stamps for both stand-ins: a run may serve both.
+    let stamps = Arc::new(realtime_model::Stamps::new());
+    if let Some(addr) = args.realtime_model {
+        if let Err(e) = realtime_model::start(addr, args.realtime_tool.clone(), &stamps) {
             eprintln!("callsim: cannot serve --realtime-model: {e}");
             return ExitCode::from(2);
         }
+        eprintln!(
+            "callsim: Realtime API stand-in on ws://{addr}/v1/realtime (the server's OPENAI_REALTIME_URL)"
+        );
+    }
+    let live = match args.live_model {
+        None => None,
+        Some(addr) => {
+            let options = live_model::Options {
+                tool: args.live_tool.clone(),
+                goodbye_after: args.live_goodbye_after.map(|n| n as usize),
+                delta_ms: args.live_delta_ms,
+            };
+            match live_model::start(addr, options, &stamps) {
+                Ok(fake) => {
+                    eprintln!(
+                        "callsim: GPT-Live stand-in on {} (the server's OPENAI_LIVE_URL)",
+                        fake.url
+                    );
+                    Some(fake)
+                }
+                Err(e) => {
+                    eprintln!("callsim: cannot serve --live-model: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
     };
+    let model = (args.realtime_model.is_some() || live.is_some()).then_some(stamps);
     let stats = Rc::new(RefCell::new(Stats::default()));
     let ctx = Rc::new(Ctx {
         client,
@@ -366,6 +404,9 @@ async fn run(args: Args) -> ExitCode {
     );
     if args.chaos {
         summary = summary.with_chaos(seed);
+    }
+    if let Some(live) = &live {
+        summary = summary.with_live_model_errors(live.error_count(), live.errors());
     }
     if interrupted {
         eprintln!(

@@ -13,7 +13,8 @@
 //!
 //! Each delta carries an id in the lowest bit of its first 32 samples (inaudible): when the
 //! caller hears that frame, callsim knows when the model sent it, on one clock: the latency from
-//! the model's delta to the caller, through the server under test.
+//! the model's delta to the caller, through the server under test. [`Stamps`] are shared with
+//! the GPT-Live stand-in (`live_model.rs`): one run may serve both.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use callvisor::fakes::realtime::{serve_auto, AutoVoice};
+use callvisor::fakes::realtime::{serve_auto, AutoVoice, Stamp, ToolAnswered};
 
 use crate::audio;
 
@@ -31,8 +32,8 @@ const DELTAS_PER_REPLY: usize = 20;
 const DELTA_MS: usize = 100;
 /// Deltas go out at twice real time.
 const DELTA_EVERY: Duration = Duration::from_millis(DELTA_MS as u64 / 2);
-/// server_vad's default `silence_duration_ms`.
-const SILENCE_MS: u64 = 500;
+/// server_vad's default `silence_duration_ms` (the GPT-Live stand-in waits as long).
+pub const SILENCE_MS: u64 = 500;
 const STAMP_BITS: usize = 32;
 const RING: usize = 1 << 16;
 
@@ -45,7 +46,7 @@ pub struct Stamps {
 }
 
 impl Stamps {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Stamps {
             tool_rtt_us: Mutex::new(Vec::new()),
             next: AtomicU32::new(1),
@@ -60,6 +61,24 @@ impl Stamps {
             *byte = (*byte & !1) | ((id >> i) & 1) as u8;
         }
         self.sent.lock().unwrap()[id as usize % RING] = (id, Some(Instant::now()));
+    }
+
+    /// The stand-ins' hook that stamps each reply delta.
+    pub fn stamper(self: &Arc<Self>) -> Stamp {
+        let stamps = self.clone();
+        Arc::new(move |delta: &mut [u8]| stamps.stamp(delta))
+    }
+
+    /// The stand-ins' hook told each tool round trip.
+    pub fn tool_timer(self: &Arc<Self>) -> ToolAnswered {
+        let stamps = self.clone();
+        Arc::new(move |took: Duration| {
+            stamps
+                .tool_rtt_us
+                .lock()
+                .unwrap()
+                .push(took.as_micros() as u64)
+        })
     }
 
     /// The tool round trips so far (microseconds), taken.
@@ -82,13 +101,10 @@ impl Stamps {
     }
 }
 
-/// Starts the stand-in on `addr`; it answers at `/v1/realtime`. With `tool`, each answer to
-/// the caller's speech first calls that tool, and [`Stamps::tool_round_trips`] collects how long
-/// the agent took to send each output back.
-pub fn start(addr: SocketAddr, tool: Option<String>) -> std::io::Result<Arc<Stamps>> {
-    let stamps = Arc::new(Stamps::new());
-    let stamper = stamps.clone();
-    let timer = stamps.clone();
+/// Starts the stand-in on `addr`; it answers at `/v1/realtime`, stamping its deltas with
+/// `stamps`. With `tool`, each answer to the caller's speech first calls that tool, and
+/// [`Stamps::tool_round_trips`] collects how long the agent took to send each output back.
+pub fn start(addr: SocketAddr, tool: Option<String>, stamps: &Arc<Stamps>) -> std::io::Result<()> {
     serve_auto(
         addr,
         AutoVoice {
@@ -97,22 +113,11 @@ pub fn start(addr: SocketAddr, tool: Option<String>) -> std::io::Result<Arc<Stam
             delta_every: DELTA_EVERY,
             is_speech: audio::is_speech,
             silence_ms: SILENCE_MS,
-            stamp: Arc::new(move |delta: &mut [u8]| stamper.stamp(delta)),
-            tool_answered: tool
-                .is_some()
-                .then(|| -> callvisor::fakes::realtime::ToolAnswered {
-                    Arc::new(move |took: Duration| {
-                        timer
-                            .tool_rtt_us
-                            .lock()
-                            .unwrap()
-                            .push(took.as_micros() as u64)
-                    })
-                }),
+            stamp: stamps.stamper(),
+            tool_answered: tool.is_some().then(|| stamps.tool_timer()),
             tool,
         },
-    )?;
-    Ok(stamps)
+    )
 }
 
 #[cfg(test)]

@@ -49,7 +49,8 @@ pub struct CallRecord {
     /// `--chaos`: what this caller did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chaos: Option<crate::chaos::Kind>,
-    /// `--say`: per utterance, milliseconds from its end to the first audio back.
+    /// `--say`: per utterance, milliseconds from its end to the first audio back (with a
+    /// stand-in model: to the first reply delta, not silence).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reply_ms: Vec<f64>,
 }
@@ -70,9 +71,11 @@ pub struct Stats {
     pub handoff_gap_us: Histogram<u64>,
     /// `--say`: from the end of an utterance to the first audio back, in microseconds.
     pub reply_us: Histogram<u64>,
-    /// `--realtime-model`: from the stand-in sending an audio delta to the caller reading it.
+    /// `--realtime-model`, `--live-model`: from the stand-in sending a reply delta to the caller
+    /// reading it.
     pub model_us: Histogram<u64>,
-    /// `--realtime-tool`: the model's tool call to the agent's output, through the tool.
+    /// `--realtime-tool`, `--live-tool`: the model's tool call to the agent's output, through
+    /// the tool.
     pub tool_us: Histogram<u64>,
     pub records: Vec<CallRecord>,
 }
@@ -139,6 +142,13 @@ pub struct Frames {
     pub lost_at_close: u64,
 }
 
+/// What a strict stand-in refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelErrors {
+    pub count: usize,
+    pub first: Vec<serde_json::Value>,
+}
+
 /// The end-of-run result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -172,13 +182,18 @@ pub struct Summary {
     /// `--say`: end of the caller's utterance to the first audio back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply_ms: Option<Percentiles>,
-    /// `--realtime-model`: the model's audio delta to the caller, through the server.
+    /// `--realtime-model`, `--live-model`: the model's reply delta to the caller, through the
+    /// server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_to_caller_ms: Option<Percentiles>,
-    /// `--realtime-tool`: from the model's tool call to the agent's output, through the
-    /// server and the tool (the tool's own time included).
+    /// `--realtime-tool`, `--live-tool`: from the model's tool call to the agent's output,
+    /// through the server and the tool (the tool's own time included).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_round_trip_ms: Option<Percentiles>,
+    /// `--live-model`: the `error` events the GPT-Live stand-in sent (what the real service
+    /// would have refused): how many, and the first few.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_model_errors: Option<ModelErrors>,
     /// `--chaos`: the seed (replay with `--seed`) and, per kind, how the calls went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -248,6 +263,7 @@ impl Summary {
             reply_ms: Percentiles::of(&stats.reply_us),
             model_to_caller_ms: Percentiles::of(&stats.model_us),
             tool_round_trip_ms: Percentiles::of(&stats.tool_us),
+            live_model_errors: None,
             seed: None,
             chaos: None,
             call_records: records.clone(),
@@ -258,6 +274,13 @@ impl Summary {
     pub fn with_chaos(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self.chaos = Some(crate::chaos::tally(&self.call_records));
+        self
+    }
+
+    /// Adds what the `--live-model` stand-in refused.
+    pub fn with_live_model_errors(mut self, count: usize, first: Vec<serde_json::Value>) -> Self {
+        let first = first.into_iter().take(5).collect();
+        self.live_model_errors = Some(ModelErrors { count, first });
         self
     }
 
@@ -351,6 +374,16 @@ impl Summary {
         }
         if self.tool_round_trip_ms.is_some() {
             row("tool round trip", p(&self.tool_round_trip_ms));
+        }
+        if let Some(errors) = &self.live_model_errors {
+            let first = errors.first.first().map_or(String::new(), |e| {
+                format!(
+                    " (first: {} {})",
+                    e["error"]["code"].as_str().unwrap_or("?"),
+                    e["error"]["message"].as_str().unwrap_or("")
+                )
+            });
+            row("model refused", format!("{}{first}", errors.count));
         }
         if let (Some(seed), Some(chaos)) = (self.seed, &self.chaos) {
             row(
