@@ -695,14 +695,29 @@ async fn run_session(ws: actix_ws::Session, mut inbound: actix_ws::MessageStream
     let _ = session.ws.close(None).await;
 }
 
-/// Auto mode: the model's output from `session.started` on, without end, paced: a delta every
-/// `delta_every`, silence unless a reply is being spoken. It stops with the session.
+/// A tick later than this moves the stream's phase instead of being made up (see [`stream`]).
+const LATE: Duration = Duration::from_millis(1);
+
+/// Auto mode: the model's output from `session.started` on, without end, in real time: a delta
+/// every `delta_every`, silence unless a reply is being spoken. It stops with the session.
+///
+/// On schedule, except that a tick that fires more than [`LATE`] late (its thread was busy)
+/// starts a new schedule from then instead of sending the missed deltas in a burst: the rate
+/// stays real time, and a stream that began while callsim's thread was busy sending a round of
+/// caller frames does not keep its deltas in those rounds, where callsim would time its own
+/// load core rather than callvisor (on a strict schedule the median model-to-caller doubled in
+/// a 200-call run). The Realtime fake, which sleeps after each delta, drifts the same way.
 async fn stream(mut session: Session, auto: AutoLive) {
+    use actix_web::rt::time::{sleep_until, Instant};
     let silence = json!({"type": "session.output_audio.delta",
         "delta": STANDARD.encode(vec![SILENCE; auto.voice.delta.len()])})
     .to_string();
-    let mut next = actix_web::rt::time::Instant::now();
+    let mut due = Instant::now();
     loop {
+        let woke = Instant::now();
+        if woke > due + LATE {
+            due = woke;
+        }
         let events = {
             let mut live = session.live.lock().unwrap();
             if live.phase != Phase::Started || live.closed_by_server.is_some() {
@@ -713,10 +728,8 @@ async fn stream(mut session: Session, auto: AutoLive) {
         if !session.send_texts(events).await {
             return;
         }
-        // On a fixed schedule: a late tick is made up at once, so that the model's audio keeps
-        // up with the clock as a real-time source does.
-        next += auto.voice.delta_every;
-        actix_web::rt::time::sleep_until(next).await;
+        due += auto.voice.delta_every;
+        sleep_until(due).await;
     }
 }
 
