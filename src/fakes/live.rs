@@ -472,10 +472,19 @@ fn serve(listener: std::net::TcpListener, state: State) -> std::io::Result<FakeL
 /// Any non-empty bearer key is accepted; client events go to `CALLVISOR_LIVE_EVENTS_LOG` when
 /// it is set. The handle reads the refusals ([`FakeLive::error_count`], [`FakeLive::errors`]).
 pub fn serve_auto(addr: SocketAddr, auto: AutoLive) -> std::io::Result<FakeLive> {
+    serve_auto_logging(addr, auto, std::env::var_os(EVENTS_LOG_ENV))
+}
+
+/// [`serve_auto`] capturing client events to `log` (the fake's own tests: none).
+fn serve_auto_logging(
+    addr: SocketAddr,
+    auto: AutoLive,
+    log: Option<OsString>,
+) -> std::io::Result<FakeLive> {
     let listener = std::net::TcpListener::bind(addr)?;
     let state = State {
         key: None,
-        log: std::env::var_os(EVENTS_LOG_ENV),
+        log,
         auto: Some(auto),
         ..State::default()
     };
@@ -3642,7 +3651,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap()
         };
-        let fake = serve_auto(addr, auto).unwrap();
+        let fake = serve_auto_logging(addr, auto, None).unwrap();
         assert_eq!(fake.url, format!("ws://{addr}{PATH}"));
         // Any bearer key, but one.
         assert_eq!(status(connect(&fake.url, &[]).await), 401);
