@@ -149,6 +149,10 @@ impl CallSession {
                             agent: None,
                             replica: recorder.replica.clone(),
                             attempt: param("attempt").and_then(|a| a.parse().ok()).unwrap_or(1),
+                            direction: match param(crate::outbound::DIRECTION_PARAM).as_deref() {
+                                Some("outbound") => "outbound",
+                                _ => "inbound",
+                            },
                         },
                     )
                 });
