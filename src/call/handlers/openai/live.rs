@@ -238,6 +238,12 @@ impl LiveAgent {
         for payload in self.early.take(call) {
             Self::append_audio(call, &payload);
         }
+        self.greet(call);
+    }
+
+    /// The greeting, if the call has one still to say (an outbound call's waits for its callee
+    /// to be known as a person).
+    fn greet(&mut self, call: &mut Call<'_>) {
         if let Some(greeting) = self.greeting.take() {
             Self::send(
                 call,
@@ -532,6 +538,22 @@ impl CallHandler for LiveAgent {
             Self::append_audio(call, media.payload_base64);
         } else {
             self.early.push(media);
+        }
+        Ok(())
+    }
+
+    /// An outbound call's callee is known: a person is greeted once the session has started
+    /// (`session.start` went without the greeting).
+    fn on_answered_by(
+        &mut self,
+        answered_by: Option<&str>,
+        call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        if self.per_call.callee_known(answered_by) && self.start_sent {
+            self.greeting = self.per_call.greeting(call);
+            if self.started {
+                self.greet(call);
+            }
         }
         Ok(())
     }

@@ -641,6 +641,21 @@ impl CallHandler for RealtimeAgent {
         Ok(())
     }
 
+    /// An outbound call's callee is known: a person is greeted now if the session is set up
+    /// (else `configure` greets).
+    fn on_answered_by(
+        &mut self,
+        answered_by: Option<&str>,
+        call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        if self.per_call.callee_known(answered_by) && self.open {
+            if let Some(greeting) = self.per_call.greeting(call) {
+                self.user_text(call, &format!("Greet the caller with: {greeting}"));
+            }
+        }
+        Ok(())
+    }
+
     fn on_dtmf(&mut self, digit: &str, call: &mut Call<'_>) -> Result<(), HandlerError> {
         if self.open && self.agent.dtmf_to_model {
             self.user_text(call, &format!("The caller pressed {digit}"));
