@@ -124,7 +124,10 @@ impl Application {
                 )
                 .route(calls::PATH, web::post().to(calls::place_call))
                 .route(call_status::PATH, web::post().to(call_status::call_status))
-                .route(call_status::AMD_PATH, web::post().to(call_status::amd_status))
+                .route(
+                    call_status::AMD_PATH,
+                    web::post().to(call_status::amd_status),
+                )
                 .route(webhook::PATH, web::post().to(webhook::incoming_call))
                 .route(webhook::PATH, web::get().to(webhook::incoming_call))
                 .route(stream::PATH, web::get().to(stream::media_stream))

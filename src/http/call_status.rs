@@ -30,8 +30,10 @@ fn signed(req: &HttpRequest, body: &[u8], state: &AppState) -> actix_web::Result
         actix_web::error::ErrorBadRequest("body is not valid application/x-www-form-urlencoded\n")
     })?;
     auth::check_request(state, req, &form)?;
-    let query: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
-        .map_err(|_| actix_web::error::ErrorBadRequest("query string is not valid form encoding\n"))?;
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(req.query_string()).map_err(|_| {
+            actix_web::error::ErrorBadRequest("query string is not valid form encoding\n")
+        })?;
     Ok((form, query))
 }
 

@@ -71,7 +71,10 @@ pub async fn place_call(
                     break Err(failure);
                 }
                 metrics.rate_limited_retries.inc();
-                log::info!("POST {PATH}: Twilio answered 429 (calls per second): retrying in {} ms", next.as_millis());
+                log::info!(
+                    "POST {PATH}: Twilio answered 429 (calls per second): retrying in {} ms",
+                    next.as_millis()
+                );
                 actix_web::rt::time::sleep(next).await;
                 wait = (wait * 2).min(MAX_RETRY);
             }

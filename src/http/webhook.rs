@@ -92,7 +92,10 @@ pub async fn incoming_call(
     // left, else the busy message. An outbound call's next try keeps what its URL carries.
     let fallback = |twiml: TwimlResponse| {
         if attempt <= config.max_redirects {
-            let mut query = outbound.as_ref().map(OutboundCall::query).unwrap_or_default();
+            let mut query = outbound
+                .as_ref()
+                .map(OutboundCall::query)
+                .unwrap_or_default();
             query.push(("attempt".into(), (attempt + 1).to_string()));
             let query = serde_urlencoded::to_string(&query).expect("strings encode");
             twiml.redirect(&format!("{base}{PATH}?{query}"))

@@ -96,9 +96,18 @@ mod tests {
 
     #[test]
     fn failures_are_counted_by_code_class() {
-        assert_eq!(OutboundMetrics::failure_outcome(Some(21211)), "failed_21xxx");
-        assert_eq!(OutboundMetrics::failure_outcome(Some(20003)), "failed_20xxx");
-        assert_eq!(OutboundMetrics::failure_outcome(Some(404)), "failed_unknown");
+        assert_eq!(
+            OutboundMetrics::failure_outcome(Some(21211)),
+            "failed_21xxx"
+        );
+        assert_eq!(
+            OutboundMetrics::failure_outcome(Some(20003)),
+            "failed_20xxx"
+        );
+        assert_eq!(
+            OutboundMetrics::failure_outcome(Some(404)),
+            "failed_unknown"
+        );
         assert_eq!(OutboundMetrics::failure_outcome(None), "failed_unknown");
     }
 }

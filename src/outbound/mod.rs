@@ -68,7 +68,9 @@ impl Default for OutboundSettings {
 /// The outbound variables, checked (exit 2 naming the variable). What placing calls needs from
 /// the rest of the configuration (`TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`) is checked by
 /// `Config::from_lookup`.
-pub fn settings_from(get: &dyn Fn(&str) -> Option<String>) -> Result<OutboundSettings, ConfigError> {
+pub fn settings_from(
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<OutboundSettings, ConfigError> {
     let number =
         |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| match get(name) {
             None => Ok(default),
@@ -82,8 +84,16 @@ pub fn settings_from(get: &dyn Fn(&str) -> Option<String>) -> Result<OutboundSet
                 }),
             },
         };
-    let timeout = number(ENV_OUTBOUND_TIMEOUT_SECS, DEFAULT_OUTBOUND_TIMEOUT_SECS, 1..=60)?;
-    let wait = number(ENV_AMD_GREETING_WAIT_MS, DEFAULT_AMD_GREETING_WAIT_MS, 0..=60_000)?;
+    let timeout = number(
+        ENV_OUTBOUND_TIMEOUT_SECS,
+        DEFAULT_OUTBOUND_TIMEOUT_SECS,
+        1..=60,
+    )?;
+    let wait = number(
+        ENV_AMD_GREETING_WAIT_MS,
+        DEFAULT_AMD_GREETING_WAIT_MS,
+        0..=60_000,
+    )?;
     let api_token = match get(ENV_API_TOKEN).map(|v| v.trim().to_string()) {
         None => None,
         Some(token)
@@ -321,7 +331,8 @@ mod tests {
         assert_eq!(OutboundCall::from_query(&read), Some(Ok(call)));
         let inbound: Vec<(String, String)> = vec![("attempt".into(), "2".into())];
         assert_eq!(OutboundCall::from_query(&inbound), None);
-        let bad: Vec<(String, String)> = serde_urlencoded::from_str("direction=outbound&amd=x").unwrap();
+        let bad: Vec<(String, String)> =
+            serde_urlencoded::from_str("direction=outbound&amd=x").unwrap();
         assert!(matches!(OutboundCall::from_query(&bad), Some(Err(_))));
     }
 
@@ -333,11 +344,20 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        assert!(awaits_detection(&params(&[("direction", "outbound"), ("amd", "message")])));
-        assert!(awaits_detection(&params(&[("direction", "outbound"), ("amd", "hangup")])));
+        assert!(awaits_detection(&params(&[
+            ("direction", "outbound"),
+            ("amd", "message")
+        ])));
+        assert!(awaits_detection(&params(&[
+            ("direction", "outbound"),
+            ("amd", "hangup")
+        ])));
         assert!(!awaits_detection(&params(&[("direction", "outbound")])));
         assert!(!awaits_detection(&params(&[("amd", "hangup")])));
-        assert!(!awaits_detection(&params(&[("direction", "outbound"), ("amd", "off")])));
+        assert!(!awaits_detection(&params(&[
+            ("direction", "outbound"),
+            ("amd", "off")
+        ])));
     }
 
     #[test]
@@ -348,7 +368,11 @@ mod tests {
         });
         for (detection, answered_by, expected) in [
             (Detection::HangUp, "machine_start", Some(CallUpdate::HangUp)),
-            (Detection::HangUp, "machine_end_beep", Some(CallUpdate::HangUp)),
+            (
+                Detection::HangUp,
+                "machine_end_beep",
+                Some(CallUpdate::HangUp),
+            ),
             (Detection::HangUp, "fax", Some(CallUpdate::HangUp)),
             (Detection::HangUp, "human", None),
             (Detection::HangUp, "unknown", None),

@@ -107,7 +107,9 @@ pub fn parse(body: &[u8], app: &dyn CallApp) -> Result<PlaceCall, Invalid> {
     if !is_e164(from) {
         return Err(invalid(
             "from",
-            format!("{from:?} is not an E.164 number such as +14155550123 (a number of the account)"),
+            format!(
+                "{from:?} is not an E.164 number such as +14155550123 (a number of the account)"
+            ),
         ));
     }
     let agent = resolve_agent(app, text("agent")?, from)?;
@@ -134,9 +136,7 @@ pub fn parse(body: &[u8], app: &dyn CallApp) -> Result<PlaceCall, Invalid> {
                 "only with machine_detection \"message\"",
             ))
         }
-        (Some(m), _) if m.trim().is_empty() => {
-            return Err(invalid("voicemail_message", "empty"))
-        }
+        (Some(m), _) if m.trim().is_empty() => return Err(invalid("voicemail_message", "empty")),
         (Some(m), _) if m.chars().count() > MAX_VOICEMAIL_CHARS => {
             return Err(invalid(
                 "voicemail_message",
@@ -169,8 +169,7 @@ pub fn parse(body: &[u8], app: &dyn CallApp) -> Result<PlaceCall, Invalid> {
         detection,
         parameters,
     };
-    let query_chars = serde_urlencoded::to_string(outbound.query())
-        .map_or(usize::MAX, |q| q.len());
+    let query_chars = serde_urlencoded::to_string(outbound.query()).map_or(usize::MAX, |q| q.len());
     if query_chars > MAX_QUERY_CHARS {
         return Err(invalid(
             "parameters",
@@ -264,7 +263,10 @@ fn parameters(value: Option<&Value>) -> Result<Vec<(String, String)>, Invalid> {
         if RESERVED.contains(&name.as_str()) {
             return Err(invalid(
                 &field,
-                format!("{name} is set by callvisor (reserved: {})", RESERVED.join(", ")),
+                format!(
+                    "{name} is set by callvisor (reserved: {})",
+                    RESERVED.join(", ")
+                ),
             ));
         }
         let Value::String(value) = value else {
@@ -310,7 +312,11 @@ impl PlaceCall {
             ("Url", url),
             (
                 "StatusCallback",
-                format!("{base}{}?{}", crate::http::call_status::PATH, encode(status)),
+                format!(
+                    "{base}{}?{}",
+                    crate::http::call_status::PATH,
+                    encode(status)
+                ),
             ),
         ];
         for event in STATUS_EVENTS {
@@ -329,7 +335,11 @@ impl PlaceCall {
             form.push(("AsyncAmd", "true".to_string()));
             form.push((
                 "AsyncAmdStatusCallback",
-                format!("{base}{}?{}", crate::http::call_status::AMD_PATH, encode(amd)),
+                format!(
+                    "{base}{}?{}",
+                    crate::http::call_status::AMD_PATH,
+                    encode(amd)
+                ),
             ));
         }
         form
@@ -400,23 +410,68 @@ mod tests {
             ("not json".to_string(), None),
             ("[1]".to_string(), None),
             (r#"{"from": "+15550001111"}"#.to_string(), Some("to")),
-            (r#"{"to": "4155550123", "from": "+15550001111"}"#.to_string(), Some("to")),
-            (r#"{"to": 14155550123, "from": "+15550001111"}"#.to_string(), Some("to")),
-            (r#"{"to": "sip:nobody", "from": "+15550001111"}"#.to_string(), Some("to")),
+            (
+                r#"{"to": "4155550123", "from": "+15550001111"}"#.to_string(),
+                Some("to"),
+            ),
+            (
+                r#"{"to": 14155550123, "from": "+15550001111"}"#.to_string(),
+                Some("to"),
+            ),
+            (
+                r#"{"to": "sip:nobody", "from": "+15550001111"}"#.to_string(),
+                Some("to"),
+            ),
             (r#"{"to": "+14155550123"}"#.to_string(), Some("from")),
-            (r#"{"to": "+14155550123", "from": "sip:a@b"}"#.to_string(), Some("from")),
+            (
+                r#"{"to": "+14155550123", "from": "sip:a@b"}"#.to_string(),
+                Some("from"),
+            ),
             (format!(r#"{{{ok}, "agent": "sales"}}"#), Some("agent")),
-            (format!(r#"{{{ok}, "parameters": "x"}}"#), Some("parameters")),
-            (format!(r#"{{{ok}, "parameters": {{"n": 1}}}}"#), Some("parameters.n")),
-            (format!(r#"{{{ok}, "parameters": {{"To": "x"}}}}"#), Some("parameters.To")),
-            (format!(r#"{{{ok}, "parameters": {{"a b": "x"}}}}"#), Some("parameters.a b")),
-            (format!(r#"{{{ok}, "parameters": {{"n": "a\nb"}}}}"#), Some("parameters.n")),
-            (format!(r#"{{{ok}, "machine_detection": "maybe"}}"#), Some("machine_detection")),
-            (format!(r#"{{{ok}, "machine_detection": "message"}}"#), Some("voicemail_message")),
-            (format!(r#"{{{ok}, "voicemail_message": "hi"}}"#), Some("voicemail_message")),
-            (format!(r#"{{{ok}, "timeout_secs": 4}}"#), Some("timeout_secs")),
-            (format!(r#"{{{ok}, "timeout_secs": 601}}"#), Some("timeout_secs")),
-            (format!(r#"{{{ok}, "timeout_secs": "30"}}"#), Some("timeout_secs")),
+            (
+                format!(r#"{{{ok}, "parameters": "x"}}"#),
+                Some("parameters"),
+            ),
+            (
+                format!(r#"{{{ok}, "parameters": {{"n": 1}}}}"#),
+                Some("parameters.n"),
+            ),
+            (
+                format!(r#"{{{ok}, "parameters": {{"To": "x"}}}}"#),
+                Some("parameters.To"),
+            ),
+            (
+                format!(r#"{{{ok}, "parameters": {{"a b": "x"}}}}"#),
+                Some("parameters.a b"),
+            ),
+            (
+                format!(r#"{{{ok}, "parameters": {{"n": "a\nb"}}}}"#),
+                Some("parameters.n"),
+            ),
+            (
+                format!(r#"{{{ok}, "machine_detection": "maybe"}}"#),
+                Some("machine_detection"),
+            ),
+            (
+                format!(r#"{{{ok}, "machine_detection": "message"}}"#),
+                Some("voicemail_message"),
+            ),
+            (
+                format!(r#"{{{ok}, "voicemail_message": "hi"}}"#),
+                Some("voicemail_message"),
+            ),
+            (
+                format!(r#"{{{ok}, "timeout_secs": 4}}"#),
+                Some("timeout_secs"),
+            ),
+            (
+                format!(r#"{{{ok}, "timeout_secs": 601}}"#),
+                Some("timeout_secs"),
+            ),
+            (
+                format!(r#"{{{ok}, "timeout_secs": "30"}}"#),
+                Some("timeout_secs"),
+            ),
             (format!(r#"{{{ok}, "callback": "x"}}"#), Some("callback")),
         ] {
             assert_eq!(field_of(&body).as_deref(), field, "{body}");
@@ -464,6 +519,8 @@ mod tests {
         );
         let plain = check(r#"{"to": "+14155550123", "from": "+15550001111"}"#).unwrap();
         let form = plain.twilio_form("https://calls.example.com", 1);
-        assert!(form.iter().all(|(k, _)| !k.contains("Amd") && *k != "MachineDetection"));
+        assert!(form
+            .iter()
+            .all(|(k, _)| !k.contains("Amd") && *k != "MachineDetection"));
     }
 }

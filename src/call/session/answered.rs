@@ -41,8 +41,7 @@ pub async fn poll_answered_by(
         if left.is_zero() {
             return None;
         }
-        match actix_web::rt::time::timeout(left, control.fetch_call(account_sid, call_sid)).await
-        {
+        match actix_web::rt::time::timeout(left, control.fetch_call(account_sid, call_sid)).await {
             Err(_) => return None,
             Ok(Ok(call)) => {
                 if let Some(answered_by) = call.answered_by.filter(|a| !a.is_empty()) {
@@ -108,11 +107,13 @@ impl Handler<AnsweredBy> for CallSession {
             return;
         }
         match &msg.answered_by {
-            Some(answered_by) => call_log!(self, Info, "answered by {answered_by}"),
+            Some(answered_by) => {
+                call_log!(self, Info, "answering-machine detection: {answered_by}")
+            }
             None => call_log!(
                 self,
                 Info,
-                "not known who answered within {} ms: the call goes on as answered by a person",
+                "answering-machine detection: no result within {} ms, the call goes on as answered by a person",
                 self.settings.amd_wait.as_millis()
             ),
         }

@@ -49,8 +49,8 @@ macro_rules! call_log {
 }
 pub(crate) use call_log;
 
-pub use self::protocol::MAX_FRAME_BYTES;
 pub use self::answered::{poll_answered_by, ANSWERED_BY_POLL};
+pub use self::protocol::MAX_FRAME_BYTES;
 pub use self::recording::{ensure_recording, RecordingOutcome};
 pub use crate::call::handler::EndReason;
 

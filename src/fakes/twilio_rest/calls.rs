@@ -116,9 +116,7 @@ pub(super) async fn create_call(
 ) -> HttpResponse {
     let account_sid = path.into_inner();
     let response = created(&req, &account_sid, &body, &fake);
-    fake.lock()
-        .create_answers
-        .push(response.status().as_u16());
+    fake.lock().create_answers.push(response.status().as_u16());
     response
 }
 
@@ -247,10 +245,7 @@ fn check(form: &[(String, String)]) -> Result<(), Refused> {
         }
     }
     if let Some(timeout) = value("Timeout") {
-        if !timeout
-            .parse::<u32>()
-            .is_ok_and(|t| (5..=600).contains(&t))
-        {
+        if !timeout.parse::<u32>().is_ok_and(|t| (5..=600).contains(&t)) {
             return Err(refused(
                 400,
                 21200,
@@ -397,7 +392,10 @@ mod tests {
         let base = [
             ("To", "+14155550123"),
             ("From", "+15550001111"),
-            ("Url", "https://example.com/incoming-call?direction=outbound"),
+            (
+                "Url",
+                "https://example.com/incoming-call?direction=outbound",
+            ),
         ];
         assert_eq!(code(&base), None);
         let with = |extra: &[(&'static str, &'static str)]| {
@@ -413,7 +411,10 @@ mod tests {
                 ("Timeout", "30"),
                 ("MachineDetection", "DetectMessageEnd"),
                 ("AsyncAmd", "true"),
-                ("AsyncAmdStatusCallback", "https://example.com/amd-status?mode=message"),
+                (
+                    "AsyncAmdStatusCallback",
+                    "https://example.com/amd-status?mode=message"
+                ),
             ]),
             None
         );
@@ -432,7 +433,10 @@ mod tests {
         assert_eq!(with(&[("Twiml", "<Response/>")]), Some(21205));
         assert_eq!(code(&base[1..]), Some(21201));
         assert_eq!(code(&[base[0], base[2]]), Some(21213));
-        assert_eq!(code(&[("To", INVALID_NUMBER), base[1], base[2]]), Some(21211));
+        assert_eq!(
+            code(&[("To", INVALID_NUMBER), base[1], base[2]]),
+            Some(21211)
+        );
         assert_eq!(code(&[("To", "4155550123"), base[1], base[2]]), Some(21211));
         assert_eq!(code(&[base[0], ("From", "Acme"), base[2]]), Some(21212));
         assert_eq!(code(&[base[0], base[1]]), Some(21205));
