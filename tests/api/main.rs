@@ -22,6 +22,7 @@ mod fake_railway;
 mod helpers;
 #[cfg(target_os = "linux")]
 mod observability;
+mod outbound;
 mod recordings;
 mod records;
 mod routing;
