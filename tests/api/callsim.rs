@@ -580,3 +580,88 @@ fn the_rest_api_stand_in_does_not_start_without_credentials() {
     assert_eq!(half.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&half.stderr).contains("or neither"));
 }
+
+/// `--callee`: callsim places calls through the real binary's `POST /calls` and answers them as
+/// Twilio and the callee would, people and machines: every call accounted for.
+#[actix_web::test]
+async fn as_the_callee_every_outbound_call_is_accounted_for() {
+    const TOKEN: &str = "callee-auth-token";
+    const API_TOKEN: &str = "callee-api-token-0123456789";
+    let rest = free_addr();
+    let api_base = format!("http://{rest}");
+    let bin = spawn_binary(&[
+        ("API_TOKEN", API_TOKEN),
+        ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("TWILIO_API_BASE_URL", &api_base),
+    ])
+    .await;
+    const MESSAGE: &str = "This is callsim. Please call back.";
+    let (s, code) = callsim(
+        &bin.app.base,
+        &[
+            "--callee",
+            "--calls",
+            "20",
+            "--ramp",
+            "2s",
+            "--duration",
+            "2s",
+            "--twilio-api",
+            &rest,
+            "--auth-token",
+            TOKEN,
+            "--api-token",
+            API_TOKEN,
+            "--from",
+            "+15550002222",
+            "--to",
+            "+14155550123",
+            "--humans",
+            "0.5",
+            "--voicemail-message",
+            MESSAGE,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(
+        s["outbound"],
+        serde_json::json!({"placed": 20, "created_at_twilio": 20, "humans": 10,
+            "humans_connected": 10, "machines": 10, "messages_left": 10,
+            "machines_hung_up": 0, "unaccounted": 0}),
+        "{s:#}"
+    );
+    assert_eq!(
+        (s["connected"].as_u64(), s["hung_up_by_app"].as_u64()),
+        (Some(10), Some(10))
+    );
+    for call in s["call_records"].as_array().unwrap() {
+        if call["callee"] == "machine" {
+            assert_eq!(call["said"], MESSAGE, "{call}");
+        }
+    }
+    let m = scrape(&bin.app).await;
+    assert_eq!(
+        metric(&m, "callvisor_outbound_calls_total{outcome=created}"),
+        20.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "callvisor_outbound_answered_by_total{answered_by=machine_end_beep}"
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "callvisor_outbound_answered_by_total{answered_by=human}"
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric(&m, "callvisor_outbound_call_status_total{status=completed}"),
+        20.0
+    );
+}
