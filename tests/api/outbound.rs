@@ -7,16 +7,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use callvisor::fakes::live::FakeLive;
 use callvisor::fakes::realtime::FakeRealtime;
 use callvisor::fakes::twilio_rest::{FakeTwilio, PlacedCall, INVALID_NUMBER};
 use callvisor::twilio::signature::sign;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-use crate::routing::{routed_binary, signature_ok, stream_for, KEY_SID, TOKEN};
+use crate::routing::{routed_binary, signature_ok, stream_for, KEY_SID, TOKEN, WEBHOOK_SECRET};
 
-const API_TOKEN: &str = "outbound-test-api-token-0123456789";
-const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+pub(crate) const API_TOKEN: &str = "outbound-test-api-token-0123456789";
+pub(crate) const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 /// The business's number (a number of the account), and the sales agent's.
 const OURS: &str = "+15550002222";
 const CALLEE: &str = "+14155550123";
@@ -104,14 +105,14 @@ async fn outbound_binary(
 }
 
 /// Twilio, as an outbound call meets it: the API that creates calls, then the callee's side.
-struct Emulator<'a> {
-    app: &'a TestApp,
-    twilio: &'a FakeTwilio,
+pub(crate) struct Emulator<'a> {
+    pub(crate) app: &'a TestApp,
+    pub(crate) twilio: &'a FakeTwilio,
 }
 
 impl Emulator<'_> {
     /// `POST /calls` with `body` and the bearer `token`: the status and the JSON answer.
-    async fn place_with(&self, token: Option<&str>, body: &str) -> (u16, Value) {
+    pub(crate) async fn place_with(&self, token: Option<&str>, body: &str) -> (u16, Value) {
         let mut request = self
             .app
             .client
@@ -127,14 +128,14 @@ impl Emulator<'_> {
     }
 
     /// Places a call that Twilio creates: its CallSid.
-    async fn place(&self, body: Value) -> String {
+    pub(crate) async fn place(&self, body: Value) -> String {
         let (status, answer) = self.place_with(Some(API_TOKEN), &body.to_string()).await;
         assert_eq!(status, 201, "{answer}");
         assert_eq!(answer["status"], "queued");
         answer["call_sid"].as_str().unwrap().to_string()
     }
 
-    fn placed(&self, call_sid: &str) -> PlacedCall {
+    pub(crate) fn placed(&self, call_sid: &str) -> PlacedCall {
         self.twilio
             .placed_calls()
             .into_iter()
@@ -165,7 +166,7 @@ impl Emulator<'_> {
 
     /// The callee picks up: Twilio requests the call's `Url` (`To` the callee, `From` our
     /// number), runs the TwiML and opens its stream: the TwiML and the started stream.
-    async fn answer(&self, call_sid: &str) -> (Twiml, TestStream) {
+    pub(crate) async fn answer(&self, call_sid: &str) -> (Twiml, TestStream) {
         let call = self.placed(call_sid);
         self.twilio.live_call(call_sid);
         let url = call.param("Url").unwrap();
@@ -191,7 +192,7 @@ impl Emulator<'_> {
     }
 
     /// Twilio's status callback for `status` (`initiated`, `ringing`, `in-progress`, …).
-    async fn status(&self, call_sid: &str, status: &str) -> u16 {
+    pub(crate) async fn status(&self, call_sid: &str, status: &str) -> u16 {
         let call = self.placed(call_sid);
         let url = call.param("StatusCallback").unwrap();
         let (from, to) = (call.param("From").unwrap(), call.param("To").unwrap());
@@ -215,7 +216,7 @@ impl Emulator<'_> {
 
     /// Answering-machine detection found `answered_by`: the Call resource shows it, and
     /// `AsyncAmdStatusCallback` is told.
-    async fn amd(&self, call_sid: &str, answered_by: &str) -> u16 {
+    pub(crate) async fn amd(&self, call_sid: &str, answered_by: &str) -> u16 {
         self.twilio.set_answered_by(call_sid, answered_by);
         let call = self.placed(call_sid);
         let url = call.param("AsyncAmdStatusCallback").unwrap();
@@ -234,7 +235,7 @@ impl Emulator<'_> {
 }
 
 /// Waits for a log line holding every one of `needles`.
-async fn wait_for_log_with(bin: &BinaryApp, needles: &[&str]) -> String {
+pub(crate) async fn wait_for_log_with(bin: &BinaryApp, needles: &[&str]) -> String {
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         if let Some(line) = bin
@@ -253,7 +254,7 @@ async fn wait_for_log_with(bin: &BinaryApp, needles: &[&str]) -> String {
 }
 
 /// The updates the app (or `/amd-status`) made to `call_sid`, once there is one.
-async fn updates_of(twilio: &FakeTwilio, call_sid: &str) -> Vec<Vec<(String, String)>> {
+pub(crate) async fn updates_of(twilio: &FakeTwilio, call_sid: &str) -> Vec<Vec<(String, String)>> {
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let forms: Vec<_> = twilio
@@ -860,4 +861,114 @@ async fn twilios_refusals_are_retried_or_answered_and_an_unanswered_call_gets_it
         1.0
     );
     assert!(model.received().is_empty(), "no call reached the agent");
+}
+
+/// The GPT-Live engine holds its greeting the same way: a person known while `session.start` is
+/// still unanswered is greeted once the session starts; a machine never hears a word.
+#[actix_web::test]
+async fn an_outbound_live_agent_greets_a_person_only_and_never_a_machine() {
+    let (model, twilio) = (
+        FakeLive::start("sk-test"),
+        FakeTwilio::start(KEY_SID, "key-secret"),
+    );
+    let dir = std::env::temp_dir().join(format!("callvisor-outbound-live-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("agents.toml");
+    std::fs::write(
+        &file,
+        r#"
+[agents.desk]
+default = true
+engine = "live"
+backend_model = "gpt-5.5"
+instructions = "You call {{customer}} for Acme."
+greeting = "Hello {{customer}}, this is Acme."
+"#,
+    )
+    .unwrap();
+    let bin = spawn_binary(&[
+        ("HANDLER", "openai"),
+        ("OPENAI_API_KEY", "sk-test"),
+        ("OPENAI_LIVE_URL", model.url.as_str()),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("TWILIO_API_BASE_URL", twilio.base.as_str()),
+        ("TWILIO_API_KEY_SID", KEY_SID),
+        ("TWILIO_API_KEY_SECRET", "key-secret"),
+        ("AGENTS_FILE", file.to_str().unwrap()),
+        ("WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("API_TOKEN", API_TOKEN),
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("AMD_GREETING_WAIT_MS", "15000"),
+    ])
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let twilio_side = Emulator {
+        app: &bin.app,
+        twilio: &twilio,
+    };
+    let body = json!({"to": CALLEE, "from": OURS, "parameters": {"customer": "Ada"},
+        "machine_detection": "message", "voicemail_message": "Please call Acme back."});
+
+    // A person, known while session.start is still unanswered: the greeting goes once it is.
+    model.hold_start();
+    let person = twilio_side.place(body.clone()).await;
+    let (_, mut call) = twilio_side.answer(&person).await;
+    let start = model.wait_for("session.start", 1).await;
+    assert_eq!(start["session"]["instructions"], "You call Ada for Acme.");
+    let sid = stream_sid_for(&person);
+    call.media(&sid, 1, "AAAA").await;
+    assert_eq!(twilio_side.amd(&person, "human").await, 204);
+    wait_for_log_with(&bin, &[&person, "answering-machine detection: human"]).await;
+    assert_eq!(model.types(), ["session.start"], "nothing before it starts");
+    model.release_start().await;
+    let greeting = model.wait_for("session.commentary.append", 1).await;
+    assert!(
+        greeting["content"]
+            .as_str()
+            .unwrap()
+            .contains("Hello Ada, this is Acme."),
+        "{greeting}"
+    );
+    call.media(&sid, 2, "AQID").await;
+    let heard = model.wait_for("session.input_audio.append", 1).await;
+    assert_eq!(heard["audio"], "AQID", "not what was said during the wait");
+    call.stop(&sid, &person).await;
+    assert_eq!(call.expect_close().await.0, 1000);
+
+    // A machine: the session starts, the agent neither speaks nor hears; the message replaces
+    // it after the beep.
+    let machine = twilio_side.place(body).await;
+    let (_, mut call) = twilio_side.answer(&machine).await;
+    model.wait_for("session.start", 2).await;
+    let sid = stream_sid_for(&machine);
+    call.media(&sid, 1, "AAAA").await;
+    assert_eq!(twilio_side.amd(&machine, "machine_end_beep").await, 204);
+    let forms = updates_of(&twilio, &machine).await;
+    assert!(
+        forms[0][0]
+            .1
+            .contains("<Say>Please call Acme back.</Say><Hangup/>"),
+        "{forms:?}"
+    );
+    wait_for_log_with(
+        &bin,
+        &[&machine, "answering-machine detection: machine_end_beep"],
+    )
+    .await;
+    call.stop(&sid, &machine).await;
+    assert_eq!(call.expect_close().await.0, 1000);
+    let types = model.types();
+    let n = |kind: &str| types.iter().filter(|t| *t == kind).count();
+    assert_eq!(
+        n("session.commentary.append"),
+        1,
+        "the person only: {types:?}"
+    );
+    assert_eq!(
+        n("session.input_audio.append"),
+        1,
+        "the machine unheard: {types:?}"
+    );
+    assert!(model.errors().is_empty(), "{:#?}", model.errors());
 }
