@@ -20,6 +20,7 @@ mod disconnects;
 mod drain;
 mod fake_railway;
 mod helpers;
+mod live;
 #[cfg(target_os = "linux")]
 mod observability;
 mod outbound;

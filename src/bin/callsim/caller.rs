@@ -435,9 +435,13 @@ struct Leg<'a> {
 
 impl<'a> Leg<'a> {
     fn new(ctx: &'a Ctx, call: &'a mut CallState, target: &'a StreamTarget) -> Self {
+        // Twilio's shape (MZ + 32 hex), unique per stream: the call_sid's last 30 characters
+        // (its run id's tail and the whole call index) and the stream's number. Call records
+        // are keyed by stream_sid; a prefix of the call_sid gave up to 256 calls one sid.
+        let sid = &call.record.call_sid;
         let stream_sid = format!(
             "MZ{}{:02x}",
-            &call.record.call_sid[2..call.record.call_sid.len().min(32)],
+            &sid[sid.len().saturating_sub(30).max(2)..],
             call.record.streams
         );
         Leg {
