@@ -256,6 +256,34 @@ impl EarlyAudio {
     }
 }
 
+/// The model's handshake failed (`status`: the HTTP status that refused it, if any). A refused
+/// key is the apology at once: every replica would get the same answer, no point failing over.
+/// Anything else (429, 5xx, unreachable, too slow) fails the call over to another replica.
+pub fn handshake_failed(
+    status: Option<u16>,
+    reason: &str,
+    metrics: &AgentMetrics,
+    call: &mut Call<'_>,
+) {
+    let (call_sid, stream_sid) = (call.call_sid().to_string(), call.stream_sid().to_string());
+    match status {
+        Some(status @ (401 | 403)) => {
+            log::error!(call_sid = call_sid.as_str(), stream_sid = stream_sid.as_str();
+                "agent: the model refused OPENAI_API_KEY (HTTP {status}); the caller hears the apology: {reason}");
+            metrics
+                .agent_model_errors
+                .get_or_create(&[("type", "auth")])
+                .inc();
+            apologize(call);
+        }
+        _ => {
+            log::warn!(call_sid = call_sid.as_str(), stream_sid = stream_sid.as_str();
+                "agent: the model cannot be reached: {reason}");
+            call.fail_over("model unavailable");
+        }
+    }
+}
+
 /// The model cannot go on: the caller hears the apology, the call is hung up, and its record
 /// says why.
 pub fn apologize(call: &mut Call<'_>) {

@@ -39,7 +39,9 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::agents::Agent;
-use super::call_setup::{apologize, EarlyAudio, PerCall, BYTES_PER_MS, CONFIG_REQUEST};
+use super::call_setup::{
+    apologize, handshake_failed, EarlyAudio, PerCall, BYTES_PER_MS, CONFIG_REQUEST,
+};
 use super::metrics::AgentMetrics;
 use super::realtime::MAX_PENDING_MARKS;
 use super::settings::AgentConfig;
@@ -624,22 +626,8 @@ impl CallHandler for LiveAgent {
                     "agent: the model sent something that is not JSON"),
             },
             UpstreamEvent::Binary(_) => {}
-            UpstreamEvent::Failed {
-                status: Some(status @ (401 | 403)),
-                reason,
-            } => {
-                log::error!(call_sid = call.call_sid(), stream_sid = call.stream_sid();
-                    "agent: GPT-Live refused OPENAI_API_KEY (HTTP {status}); the caller hears the apology: {reason}");
-                self.metrics
-                    .agent_model_errors
-                    .get_or_create(&[("type", "auth")])
-                    .inc();
-                apologize(call);
-            }
-            UpstreamEvent::Failed { reason, .. } => {
-                log::warn!(call_sid = call.call_sid(), stream_sid = call.stream_sid();
-                    "agent: GPT-Live cannot be reached: {reason}");
-                call.fail_over("model unavailable");
+            UpstreamEvent::Failed { status, reason } => {
+                handshake_failed(status, &reason, &self.metrics, call)
             }
             UpstreamEvent::Closed { code, reason } => {
                 if self.ending == Some(Ending::Closing) {

@@ -39,7 +39,9 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::agents::Agent;
-use super::call_setup::{apologize, EarlyAudio, PerCall, BYTES_PER_MS, CONFIG_REQUEST};
+use super::call_setup::{
+    apologize, handshake_failed, EarlyAudio, PerCall, BYTES_PER_MS, CONFIG_REQUEST,
+};
 use super::metrics::AgentMetrics;
 use super::settings::AgentConfig;
 use super::tools::{function_tools, ToolAction, Tools};
@@ -701,21 +703,8 @@ impl CallHandler for RealtimeAgent {
                 }
             },
             UpstreamEvent::Binary(_) => {}
-            UpstreamEvent::Failed {
-                status: Some(status @ (401 | 403)),
-                reason,
-            } => {
-                // Every replica would get the same answer: no point failing over.
-                agent_log!(call, Error, "agent: the model refused OPENAI_API_KEY (HTTP {status}); the caller hears the apology: {reason}");
-                self.metrics
-                    .agent_model_errors
-                    .get_or_create(&[("type", "auth")])
-                    .inc();
-                apologize(call);
-            }
-            UpstreamEvent::Failed { reason, .. } => {
-                agent_log!(call, Warn, "agent: the model cannot be reached: {reason}");
-                call.fail_over("model unavailable");
+            UpstreamEvent::Failed { status, reason } => {
+                handshake_failed(status, &reason, &self.metrics, call)
             }
             UpstreamEvent::Closed { code, reason } => {
                 agent_log!(
