@@ -5,6 +5,8 @@
 # difference in frames leaves out start-up, webhooks and handshakes. Kernel time is not counted.
 # Needs valgrind (apt-get install -y valgrind). Takes about a minute.
 # CALLVISOR_BIN=path measures another server build (e.g. an older commit's) with the same callsim.
+# CALLS=n (default 10) and LONG=s (default 6): how many calls, and the long run's seconds; with
+# CALLS=1 each frame gets its own event-loop wake-up, which steadies the figure (see benchmark.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${CALLVISOR_BIN:-}" ]; then
@@ -27,7 +29,7 @@ for _ in range(300):
     except OSError:
         time.sleep(0.1)
 PY
-  target/release/callsim --target "http://127.0.0.1:$port" --calls 10 --duration "$1s" --ramp 0s \
+  target/release/callsim --target "http://127.0.0.1:$port" --calls "${CALLS:-10}" --duration "$1s" --ramp 0s \
     --json >"$out/sim.$1"
   kill -INT "$pid"; sleep 1; kill -INT "$pid" 2>/dev/null || true; wait "$pid" || true
   local frames ir
@@ -36,5 +38,5 @@ PY
   echo "$frames $ir"
 }
 read -r f1 i1 < <(run 2)
-read -r f2 i2 < <(run 6)
+read -r f2 i2 < <(run "${LONG:-6}")
 echo "instructions per echoed frame: $(( (i2 - i1) / (f2 - f1) )) (runs: $f1 frames / $i1, $f2 frames / $i2; callgrind files in $out)"

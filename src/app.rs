@@ -12,7 +12,9 @@ use crate::call::handler::HandlerFactory;
 use crate::call::supervisor::CallSupervisor;
 use crate::config::Config;
 use crate::http::auth::TwilioAuth;
-use crate::http::{health, metrics, socket, stream, stream_status, webhook, AppState};
+use crate::http::{
+    call_status, calls, health, metrics, socket, stream, stream_status, webhook, AppState,
+};
 use crate::metrics::Metrics;
 use crate::records::{Deliveries, Recorder};
 use crate::twilio::rest::CallControl;
@@ -119,6 +121,12 @@ impl Application {
                 .route(
                     stream_status::PATH,
                     web::post().to(stream_status::stream_status),
+                )
+                .route(calls::PATH, web::post().to(calls::place_call))
+                .route(call_status::PATH, web::post().to(call_status::call_status))
+                .route(
+                    call_status::AMD_PATH,
+                    web::post().to(call_status::amd_status),
                 )
                 .route(webhook::PATH, web::post().to(webhook::incoming_call))
                 .route(webhook::PATH, web::get().to(webhook::incoming_call))

@@ -103,6 +103,9 @@ pub struct Config {
     pub records: Option<crate::records::RecordSettings>,
     /// `RECORD_CALLS`: Twilio records each call (`None`: it does not).
     pub recording: Option<crate::records::recording::RecordingSettings>,
+    /// Outbound calls: `API_TOKEN` (`POST /calls`), `OUTBOUND_TIMEOUT_SECS`,
+    /// `AMD_GREETING_WAIT_MS`.
+    pub outbound: crate::outbound::OutboundSettings,
 }
 
 /// A variable that is set to something this service cannot use.
@@ -293,7 +296,33 @@ impl Config {
             });
         }
 
+        let outbound = crate::outbound::settings_from(&get)?;
+        if outbound.api_token.is_some() {
+            // Placing calls needs the account to place them in, and Twilio's callbacks about
+            // them (which hang machines up) must be signed.
+            if twilio_account_sid.is_none() {
+                return Err(ConfigError {
+                    variable: ENV_TWILIO_ACCOUNT_SID,
+                    value: String::new(),
+                    expected: "API_TOKEN places calls through Twilio's REST API, in this account \
+                               (AC followed by 32 hex digits)"
+                        .into(),
+                });
+            }
+            if twilio_auth_token.is_none() {
+                return Err(ConfigError {
+                    variable: ENV_TWILIO_AUTH_TOKEN,
+                    value: String::new(),
+                    expected: "API_TOKEN places calls, and Twilio's callbacks about them \
+                               (/call-status, /amd-status, the webhook) must be signed with \
+                               the account's auth token"
+                        .into(),
+                });
+            }
+        }
+
         Ok(Config {
+            outbound,
             records,
             recording,
             handler,
@@ -357,7 +386,7 @@ impl fmt::Display for Config {
             f,
             "listen={}:{} limit_concurrency={} public_url={} max_redirects={} \
              start_timeout={}s idle_timeout={}s drain_timeout={}s outbound_buffer={}KiB workers={} \
-             replica={} auth={} handler={}{} call_control={} records={} recording={}",
+             replica={} auth={} handler={}{} call_control={} records={} recording={} outbound={}",
             self.host,
             self.port,
             self.limit_concurrency,
@@ -391,6 +420,15 @@ impl fmt::Display for Config {
             self.recording
                 .as_ref()
                 .map_or("off", |r| r.channels.as_str()),
+            if self.outbound.api_token.is_some() {
+                format!(
+                    "on(timeout={}s amd_greeting_wait={}ms)",
+                    self.outbound.timeout.as_secs(),
+                    self.outbound.amd_greeting_wait.as_millis()
+                )
+            } else {
+                "off".to_string()
+            },
         )
     }
 }
@@ -659,6 +697,41 @@ mod tests {
                 .starts_with("missing TWILIO_API_KEY_SID: ")
                 && missing.to_string().contains("TWILIO_AUTH_TOKEN"),
             "{missing}"
+        );
+    }
+
+    #[test]
+    fn placing_calls_needs_the_account_and_signed_callbacks() {
+        let token = ("API_TOKEN", "s3cr3t-api-token-for-tests");
+        let account = ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef");
+        let auth = ("TWILIO_AUTH_TOKEN", "tok");
+        assert_eq!(
+            parse(&[token, auth]).unwrap_err().variable,
+            "TWILIO_ACCOUNT_SID"
+        );
+        assert_eq!(
+            parse(&[token, account]).unwrap_err().variable,
+            "TWILIO_AUTH_TOKEN"
+        );
+        let c = parse(&[
+            token,
+            account,
+            auth,
+            ("OUTBOUND_TIMEOUT_SECS", "7"),
+            ("AMD_GREETING_WAIT_MS", "2500"),
+        ])
+        .unwrap();
+        let line = c.to_string();
+        assert!(
+            line.ends_with(" outbound=on(timeout=7s amd_greeting_wait=2500ms)"),
+            "{line}"
+        );
+        assert!(!line.contains("s3cr3t"), "{line}");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        assert!(parse(&[]).unwrap().to_string().ends_with(" outbound=off"));
+        assert_eq!(
+            parse(&[("API_TOKEN", "short")]).unwrap_err().variable,
+            "API_TOKEN"
         );
     }
 

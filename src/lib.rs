@@ -10,6 +10,10 @@
 //!                                    │ bounded queues both ways       echo | bridge | openai)
 //!                                    ├──▶ the app's upstream WebSocket (a bot, a model)
 //!                                    └──▶ Twilio REST: hang up / transfer (closing ≠ hanging up)
+//!  business ──POST /calls──▶ http::calls ──▶ Twilio REST: create the call, whose Url is the
+//!                            webhook above with the call's agent and parameters (outbound)
+//!  Twilio ──POST /call-status, /amd-status──▶ http::call_status: records of unanswered
+//!                            calls; a machine hung up on or left a message (REST)
 //!  ops ──GET / , /ready, /metrics──▶ read the supervisor's snapshot
 //!  SIGTERM ──▶ drain: stop admitting, wait, hand remaining calls over, exit
 //!
@@ -27,6 +31,8 @@
 //! - [`http`]: the routes; [`app`] wires them into a server; [`config`] reads the environment.
 //! - [`webhooks`]: Standard Webhooks signatures on the requests callvisor sends to the business
 //!   (per-call configuration, tools, call records).
+//! - [`outbound`]: outbound calls (`POST /calls`): the request, Twilio's form, the URLs that
+//!   carry a call's agent and parameters to whichever replica serves it.
 //! - [`autoscale`]: the replica controller for Railway (`callvisor autoscale`).
 //! - `fakes` (feature `callsim`): strict fakes of the outside services, shared by the tests
 //!   and callsim's stand-ins.
@@ -44,6 +50,7 @@ pub mod fakes;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod outbound;
 pub mod records;
 pub mod twilio;
 pub mod webhooks;

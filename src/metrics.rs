@@ -59,6 +59,8 @@ pub struct Metrics {
     pub upstream_failures: Family<Label, Counter>,
     pub upstream_frames: Family<Label, Counter>,
     pub upstream_dropped: Counter,
+    /// Outbound calls (`POST /calls`, their callbacks and streams): `callvisor_outbound_*`.
+    pub outbound: crate::outbound::metrics::OutboundMetrics,
 }
 
 impl Default for Metrics {
@@ -210,6 +212,7 @@ impl Metrics {
             "Frames to an upstream dropped because it did not keep up",
             upstream_dropped.clone(),
         );
+        let outbound = crate::outbound::metrics::OutboundMetrics::register(&mut r);
         let app = register_app(&mut r);
         let metrics = Metrics {
             registry: Arc::new(r),
@@ -235,6 +238,7 @@ impl Metrics {
             upstream_failures,
             upstream_frames,
             upstream_dropped,
+            outbound,
         };
         (metrics, app)
     }

@@ -164,6 +164,19 @@ pub trait CallHandler: 'static {
     ) -> Result<(), HandlerError> {
         Ok(())
     }
+    /// An outbound call with answering-machine detection: who answered, as Twilio's detection
+    /// found it (`human`, `machine_start`, `machine_end_beep`, `machine_end_silence`,
+    /// `machine_end_other`, `fax`, `unknown`), or `None` when it had not said within
+    /// `AMD_GREETING_WAIT_MS`. Called at most once, after `on_start`, and only for such calls
+    /// (their stream's `direction` is `outbound` and `amd` is `hangup` or `message`); an app that
+    /// speaks first waits for it (docs/apps.md, *Outbound calls*).
+    fn on_answered_by(
+        &mut self,
+        _answered_by: Option<&str>,
+        _call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
     /// A timer set with [`Call::set_timer`] fired.
     fn on_timer(&mut self, _id: u64, _call: &mut Call<'_>) -> Result<(), HandlerError> {
         Ok(())

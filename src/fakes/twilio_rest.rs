@@ -1,6 +1,6 @@
 //! A strict fake of Twilio's REST `UpdateCall`
-//! (`POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`) and of a call's Recordings
-//! list (`POST` and `GET /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}/Recordings.json`,
+//! (`POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`), `CreateCall` and `FetchCall`
+//! (below, *Calls*), and of a call's Recordings list (`POST` and `GET /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}/Recordings.json`,
 //! below), for the integration tests ([`FakeTwilio::start`]: a free port in the test's actix
 //! system) and callsim's `--twilio-api` stand-in ([`FakeTwilio::serve`]: a given address). An
 //! update is refused as Twilio refuses it, in this order, with Twilio's status and error code:
@@ -56,6 +56,14 @@
 //! (`{"recordings": [...], "page": 0, ...}`); a call this fake never knew gets 404, 20404.
 //! Every recording request is kept ([`FakeTwilio::recording_requests`]).
 //!
+//! ## Calls
+//!
+//! `CreateCall` (`POST …/Calls.json`) and `FetchCall` (`GET …/Calls/{CallSid}.json`): see
+//! [`calls`](self::calls) for what they check and answer. A call created here is `queued` until
+//! the test (its Twilio emulator) answers it ([`FakeTwilio::live_call`]: `in-progress`, and
+//! updates now reach it) or ends it; [`FakeTwilio::set_answered_by`] is what answering-machine
+//! detection found, which `FetchCall` shows as `answered_by`.
+//!
 //! Decisions where Twilio does not say, or says otherwise:
 //! - Twilio **ignores** unknown parameters (its warning 20001, "no harm done"); this fake
 //!   refuses them, so that a misspelt parameter, which Twilio would silently drop, fails a test.
@@ -66,8 +74,10 @@
 //!   `processing`); [`FakeTwilio::stop_recordings`] stands for someone stopping it mid-call.
 //! - The codes for a bad parameter value (21200) are this fake's choice, as for updates.
 
+mod calls;
 mod strict_twiml;
 
+pub use calls::{PlacedCall, CALL_PARAMETERS, INVALID_NUMBER};
 pub use strict_twiml::{read as read_twiml, Node, Refusal, MAX_TWIML_CHARS};
 
 use std::collections::HashMap;
@@ -150,6 +160,12 @@ struct State {
     recordings: HashMap<String, Vec<Recording>>,
     /// Every recording request, in order.
     recording_requests: Vec<RecordingRequest>,
+    /// Calls created through `POST …/Calls.json`, in order.
+    placed: Vec<PlacedCall>,
+    /// The next this many creates are answered 429 (the account's calls per second).
+    rate_limit: u32,
+    /// The status of every create request, in order.
+    create_answers: Vec<u16>,
 }
 
 /// A recording this fake started.
@@ -218,8 +234,16 @@ impl FakeTwilio {
             App::new()
                 .app_data(data.clone())
                 .route(
+                    "/2010-04-01/Accounts/{account}/Calls.json",
+                    web::post().to(calls::create_call),
+                )
+                .route(
                     "/2010-04-01/Accounts/{account}/Calls/{call}",
                     web::post().to(update_call),
+                )
+                .route(
+                    "/2010-04-01/Accounts/{account}/Calls/{call}",
+                    web::get().to(calls::fetch_call),
                 )
                 .route(
                     "/2010-04-01/Accounts/{account}/Calls/{call}/Recordings.json",
@@ -241,9 +265,46 @@ impl FakeTwilio {
         Ok(fake)
     }
 
-    /// A call Twilio knows as in progress (callsim: a call it placed).
+    /// A call Twilio knows as in progress (callsim: a call it placed; a test's Twilio emulator:
+    /// a call created here, now answered).
     pub fn live_call(&self, call_sid: &str) {
-        self.lock().live.insert(call_sid.into());
+        let mut state = self.lock();
+        state.live.insert(call_sid.into());
+        if let Some(call) = state.placed.iter_mut().find(|c| c.sid == call_sid) {
+            call.status = "in-progress".into();
+        }
+    }
+
+    /// The calls created (`POST …/Calls.json` answered 201), oldest first.
+    pub fn placed_calls(&self) -> Vec<PlacedCall> {
+        self.lock().placed.clone()
+    }
+
+    /// The status of every create request (`POST …/Calls.json`), in order.
+    pub fn create_answers(&self) -> Vec<u16> {
+        self.lock().create_answers.clone()
+    }
+
+    /// The next `times` create requests get Twilio's 429 (code 20429, `Too Many Requests`): the
+    /// account's calls per second.
+    pub fn rate_limit_calls(&self, times: u32) {
+        self.lock().rate_limit = times;
+    }
+
+    /// Answering-machine detection found `answered_by` on `call_sid` (its Call resource shows
+    /// it from now on).
+    pub fn set_answered_by(&self, call_sid: &str, answered_by: &str) {
+        if let Some(call) = self.lock().placed.iter_mut().find(|c| c.sid == call_sid) {
+            call.answered_by = Some(answered_by.into());
+        }
+    }
+
+    /// A placed call ended without being answered (`busy`, `no-answer`, `failed`, `canceled`),
+    /// as the test's Twilio emulator decides.
+    pub fn set_call_status(&self, call_sid: &str, status: &str) {
+        if let Some(call) = self.lock().placed.iter_mut().find(|c| c.sid == call_sid) {
+            call.status = status.into();
+        }
     }
 
     /// The caller hung up (callsim): the call is over, and whatever the app did to it and
@@ -343,6 +404,9 @@ impl State {
     fn end(&mut self, call_sid: &str) {
         if self.live.remove(call_sid) {
             self.ended.insert(call_sid.into());
+            if let Some(call) = self.placed.iter_mut().find(|c| c.sid == call_sid) {
+                call.status = "completed".into();
+            }
         }
         for recording in self.recordings.get_mut(call_sid).into_iter().flatten() {
             if matches!(recording.status.as_str(), "in-progress" | "paused") {

@@ -1,7 +1,10 @@
-//! The HTTP surface: ops endpoints, the Twilio voice webhook and the stream target.
+//! The HTTP surface: ops endpoints, the Twilio voice webhook and the stream target, `POST /calls`
+//! (outbound calls) and Twilio's callbacks about them.
 //! None of these routes counts against the call limit; only admitted streams do.
 
 pub mod auth;
+pub mod call_status;
+pub mod calls;
 pub mod health;
 pub mod metrics;
 pub mod socket;

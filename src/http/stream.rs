@@ -39,6 +39,7 @@ pub async fn media_stream(
                 control: state.control.clone(),
                 recorder: state.recorder.clone(),
                 recording: state.config.recording.clone(),
+                amd_wait: state.config.outbound.amd_greeting_wait,
             };
             CallSession::new(
                 slot,

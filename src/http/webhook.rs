@@ -11,6 +11,7 @@ use actix_web::{http::Method, web, HttpRequest, HttpResponse};
 use crate::call::handlers::Route;
 use crate::http::auth::{self, STREAM_TOKEN_TTL_SECS};
 use crate::http::{public_base_url, stream_status, websocket_base, AppState};
+use crate::outbound::{Detection, OutboundCall, AMD_PARAM, DIRECTION_PARAM};
 use crate::twilio::signature::{unix_now, BOUND_PARAM, STREAM_TOKEN_PARAM};
 use crate::twilio::twiml::{StreamVerb, TwimlResponse};
 
@@ -75,6 +76,12 @@ pub async fn incoming_call(
             .map(|(_, v)| v.as_str())
     };
     let call_sid = param("CallSid").unwrap_or("");
+    // A call placed through `POST /calls`: its agent, detection and parameters are in the URL
+    // Twilio signed.
+    let outbound = match OutboundCall::from_query(&query).transpose() {
+        Ok(outbound) => outbound,
+        Err(_) => return Err(bad_request("amd must be hangup or message")),
+    };
 
     let config = &state.config;
     let answer = decide(attempt, config.max_redirects);
@@ -82,18 +89,29 @@ pub async fn incoming_call(
     let busy = |twiml: TwimlResponse| twiml.say(&config.busy_message).hangup();
     // What follows a stream that closes with the caller still there (refused, handed off): the
     // next try (through the load balancer, usually to another replica) while redirects are
-    // left, else the busy message.
+    // left, else the busy message. An outbound call's next try keeps what its URL carries.
     let fallback = |twiml: TwimlResponse| {
         if attempt <= config.max_redirects {
-            twiml.redirect(&format!("{base}{PATH}?attempt={}", attempt + 1))
+            let mut query = outbound
+                .as_ref()
+                .map(OutboundCall::query)
+                .unwrap_or_default();
+            query.push(("attempt".into(), (attempt + 1).to_string()));
+            let query = serde_urlencoded::to_string(&query).expect("strings encode");
+            twiml.redirect(&format!("{base}{PATH}?{query}"))
         } else {
             busy(twiml)
         }
     };
 
-    // Which of the app's agents answers this number (the voice agent's routing), if it has any.
+    // Which of the app's agents answers this number (the voice agent's routing), if it has any;
+    // an outbound call's agent is the one its request chose (`To` is the callee).
     let to = param("To").unwrap_or("");
-    let agent = match config.handler.route(to) {
+    let route = match &outbound {
+        Some(call) => call.agent.as_deref().map_or(Route::Any, Route::Agent),
+        None => config.handler.route(to),
+    };
+    let agent = match route {
         Route::Any => None,
         Route::Agent(agent) => Some(agent),
         Route::NotInService => {
@@ -116,6 +134,17 @@ pub async fn incoming_call(
                 .filter_map(|name| param(name).map(|v| (name, v)))
                 .collect();
             parameters.push(("attempt", &attempt_text));
+            if let Some(call) = &outbound {
+                parameters.push((DIRECTION_PARAM, "outbound"));
+                if call.detection != Detection::Off {
+                    parameters.push((AMD_PARAM, call.detection.as_str()));
+                }
+                parameters.extend(
+                    call.parameters
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_str())),
+                );
+            }
             // The agent travels in what the stream token signs; the parameter is what the
             // session replaces with the token's (and the only carrier without tokens).
             if let Some(agent) = agent {
@@ -150,8 +179,9 @@ pub async fn incoming_call(
     });
     log::info!(
         call_sid = call_sid;
-        "webhook attempt={attempt}/{} answer={answer:?}",
-        config.max_redirects + 1
+        "webhook attempt={attempt}/{} answer={answer:?}{}",
+        config.max_redirects + 1,
+        if outbound.is_some() { " (outbound)" } else { "" }
     );
     Ok(HttpResponse::Ok()
         .content_type("text/xml; charset=utf-8")

@@ -100,16 +100,12 @@ impl Deliveries {
                 spool,
                 wake: None,
                 flush: None,
+                next_seq: 0,
             };
             let now = Instant::now();
-            delivery
-                .queue
-                .extend(pending.into_iter().map(|record| Entry {
-                    record,
-                    attempts: 0,
-                    due: now,
-                    in_flight: false,
-                }));
+            for record in pending {
+                delivery.push(record, now);
+            }
             delivery
         });
         Ok(Deliveries { addr })
@@ -128,6 +124,8 @@ impl Deliveries {
 }
 
 struct Entry {
+    /// This entry's own number: answers find their entry by it (two records may share an id).
+    seq: u64,
     record: Record,
     /// Attempts that failed.
     attempts: u32,
@@ -149,6 +147,7 @@ pub struct Delivery {
     wake: Option<SpawnHandle>,
     /// A drain waits for the queue to empty.
     flush: Option<(Instant, tokio::sync::oneshot::Sender<()>)>,
+    next_seq: u64,
 }
 
 impl Actor for Delivery {
@@ -187,12 +186,7 @@ impl Handler<Enqueue> for Delivery {
                 log::error!("records spool: could not write record {}: {e}", record.id);
             }
         }
-        self.queue.push_back(Entry {
-            record,
-            attempts: 0,
-            due: Instant::now(),
-            in_flight: false,
-        });
+        self.push(record, Instant::now());
         self.metrics.call_events_queue.set(self.queue.len() as i64);
         self.pump(ctx);
     }
@@ -236,6 +230,17 @@ impl Handler<Flush> for Delivery {
 }
 
 impl Delivery {
+    fn push(&mut self, record: Record, due: Instant) {
+        self.next_seq += 1;
+        self.queue.push_back(Entry {
+            seq: self.next_seq,
+            record,
+            attempts: 0,
+            due,
+            in_flight: false,
+        });
+    }
+
     /// Starts the due attempts (oldest first, at most [`MAX_IN_FLIGHT`]) and sets the timer
     /// for the next.
     fn pump(&mut self, ctx: &mut Context<Self>) {
@@ -257,8 +262,8 @@ impl Delivery {
             let entry = &mut self.queue[i];
             entry.in_flight = true;
             self.in_flight += 1;
-            let record = entry.record.clone();
-            self.attempt(record, ctx);
+            let (seq, record) = (entry.seq, entry.record.clone());
+            self.attempt(seq, record, ctx);
             i += 1;
         }
         self.metrics.call_events_queue.set(self.queue.len() as i64);
@@ -283,7 +288,7 @@ impl Delivery {
         }
     }
 
-    fn attempt(&mut self, record: Record, ctx: &mut Context<Self>) {
+    fn attempt(&mut self, seq: u64, record: Record, ctx: &mut Context<Self>) {
         let client = self.client.clone().expect("made at start");
         let url = self.settings.url.clone();
         let headers = self.settings.secret.headers(
@@ -314,19 +319,20 @@ impl Delivery {
         };
         ctx.spawn(
             fut.into_actor(self)
-                .map(move |result, act, ctx| act.answered(&id, result, started, ctx)),
+                .map(move |result, act, ctx| act.answered(seq, &id, result, started, ctx)),
         );
     }
 
     fn answered(
         &mut self,
+        seq: u64,
         id: &str,
         result: Result<(), String>,
         started: Instant,
         ctx: &mut Context<Self>,
     ) {
         self.in_flight -= 1;
-        let Some(at) = self.queue.iter().position(|e| e.record.id == id) else {
+        let Some(at) = self.queue.iter().position(|e| e.seq == seq) else {
             self.pump(ctx);
             return;
         };

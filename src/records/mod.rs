@@ -124,6 +124,71 @@ pub struct Recorder {
     pub transcript_cap: usize,
 }
 
+/// An outbound call that never reached a stream, as Twilio's status callback tells it.
+pub struct Unanswered<'a> {
+    pub call_sid: &'a str,
+    pub account_sid: &'a str,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub agent: Option<&'a str>,
+    /// When it was placed (from the callback's URL); `None`: now.
+    pub placed_at: Option<SystemTime>,
+    /// Twilio's `CallStatus`: `busy`, `no-answer`, `failed` or `canceled`.
+    pub status: &'a str,
+}
+
+/// The `end_reason` of an outbound call Twilio ended with `status` before anyone answered;
+/// `None` for any other status.
+pub fn unanswered_reason(status: &str) -> Option<&'static str> {
+    match status {
+        "busy" => Some("busy"),
+        "no-answer" => Some("no_answer"),
+        "failed" => Some("failed"),
+        "canceled" => Some("canceled"),
+        _ => None,
+    }
+}
+
+impl Recorder {
+    /// `call.ended` for an outbound call that never reached a stream (`webhook-id`
+    /// `rec_<CallSid>_ended`: the same when Twilio repeats its callback). `None` (nothing sent)
+    /// when its status is not one of an unanswered call.
+    pub fn unanswered(&self, call: &Unanswered<'_>) -> Option<&'static str> {
+        let reason = unanswered_reason(call.status)?;
+        let now = SystemTime::now();
+        let body = serde_json::to_string(&record::UnansweredEnded {
+            kind: "call.ended",
+            call_sid: call.call_sid,
+            stream_sid: None,
+            account_sid: call.account_sid,
+            from: call.from,
+            to: call.to,
+            app: self.app,
+            agent: call.agent,
+            replica: &self.replica,
+            attempt: 0,
+            direction: "outbound",
+            started_at: record::rfc3339_ms(call.placed_at.unwrap_or(now).min(now)),
+            ended_at: record::rfc3339_ms(now),
+            duration_ms: 0,
+            end_reason: reason,
+            close_code: None,
+            handed_off: false,
+            frames: Frames::default(),
+        })
+        .expect("records serialize");
+        let sid: String = call
+            .call_sid
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .take(100)
+            .collect();
+        self.deliveries
+            .send(Record::new(format!("rec_{sid}_ended"), "call.ended", body));
+        Some(reason)
+    }
+}
+
 /// One call's records in the making (held by its session).
 pub struct CallRecords {
     recorder: Recorder,
@@ -133,6 +198,8 @@ pub struct CallRecords {
     /// What the app adds as the call goes.
     pub app: AppRecord,
     pub recording_sid: Option<String>,
+    /// An outbound call's `AnsweredBy`, once the stream knows it.
+    pub answered_by: Option<String>,
 }
 
 /// Everything the session knows when the call ends.
@@ -153,6 +220,7 @@ impl CallRecords {
             started: Instant::now(),
             app: AppRecord::new(recorder.transcript_cap),
             recording_sid: None,
+            answered_by: None,
         }
     }
 
@@ -203,6 +271,7 @@ impl CallRecords {
             transfer_to: ending.transfer_to,
             handed_off: ending.reason == crate::call::handler::EndReason::HandedOff,
             recording_sid: self.recording_sid.clone(),
+            answered_by: self.answered_by.clone(),
             frames: ending.frames,
             app: &self.app,
         })

@@ -55,6 +55,8 @@ pub struct CallIdentity {
     pub replica: String,
     /// 1 for the call's first try; a bounced or handed-off call comes back with the next.
     pub attempt: u32,
+    /// `inbound`, or `outbound` for a call placed through `POST /calls`.
+    pub direction: &'static str,
 }
 
 /// `call.started`.
@@ -88,9 +90,42 @@ pub struct CallEnded<'a> {
     /// The Twilio recording started for this call (`RECORD_CALLS`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording_sid: Option<String>,
+    /// An outbound call with answering-machine detection: Twilio's `AnsweredBy`, when the stream
+    /// learnt it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
     pub frames: Frames,
     #[serde(flatten)]
     pub app: &'a AppRecord,
+}
+
+/// `call.ended` of an outbound call that never reached a stream: busy, not answered, failed or
+/// canceled (Twilio's status callback says which). The fields of a stream's `call.ended` that
+/// have no value without a stream are `null` (`stream_sid`, `close_code`) or zero.
+#[derive(Debug, Serialize)]
+pub struct UnansweredEnded<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub call_sid: &'a str,
+    pub stream_sid: Option<&'a str>,
+    pub account_sid: &'a str,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub app: &'static str,
+    pub agent: Option<&'a str>,
+    pub replica: &'a str,
+    /// 0: no try of the call reached callvisor.
+    pub attempt: u32,
+    pub direction: &'static str,
+    /// When the call was placed (`POST /calls`), and when Twilio said it ended.
+    pub started_at: String,
+    pub ended_at: String,
+    pub duration_ms: u64,
+    /// `busy`, `no_answer`, `failed`, `canceled`.
+    pub end_reason: &'static str,
+    pub close_code: Option<u16>,
+    pub handed_off: bool,
+    pub frames: Frames,
 }
 
 /// Frames counted on the call's two sides.

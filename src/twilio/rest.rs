@@ -13,6 +13,11 @@
 //! `RECORD_CALLS` uses the call's Recordings subresource here too: [`CallControl::start_recording`]
 //! (`POST …/Calls/{CallSid}/Recordings.json`, sent once: see `call/session/recording.rs` for what
 //! a lost answer means) and [`CallControl::list_recordings`] (`GET` of the same list).
+//!
+//! Outbound calls (`POST /calls`) are created here ([`CallControl::create_call`], `POST
+//! …/Calls.json`, never retried blindly: see `http/calls.rs`), and the stream of an outbound call
+//! reads its Call resource ([`CallControl::fetch_call`]) for what answering-machine detection
+//! found (`answered_by`).
 
 use std::time::Duration;
 
@@ -142,6 +147,50 @@ impl CallRecording {
     }
 }
 
+/// A call Twilio created (`POST …/Calls.json`'s answer, the fields callvisor reads).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct CreatedCall {
+    /// `CA…`
+    pub sid: String,
+    /// `queued` (Twilio's answer to a create), then `ringing`, `in-progress`, …
+    pub status: String,
+}
+
+/// A call as Twilio's Call resource shows it (`GET …/Calls/{CallSid}.json`, the fields
+/// callvisor reads).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct CallResource {
+    pub sid: String,
+    pub status: String,
+    /// What answering-machine detection found (`human`, `machine_start`, `machine_end_beep`,
+    /// `machine_end_silence`, `machine_end_other`, `fax`, `unknown`); `null` until it has.
+    #[serde(default)]
+    pub answered_by: Option<String>,
+}
+
+/// Why Twilio did not create a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateFailure {
+    /// Twilio answered with an error: its HTTP status, its code (when the body is Twilio's JSON)
+    /// and its message. Nothing was created. 429 (code 20429) is the account's calls per second.
+    Refused {
+        status: u16,
+        code: Option<u64>,
+        message: String,
+    },
+    /// No answer (a connection error, a timeout), or one that is not Twilio's (a 5xx from a
+    /// proxy): the call may or may not have been created.
+    Unknown(String),
+}
+
+impl CreateFailure {
+    /// Twilio's 429: too many calls created per second; nothing was created, a later try may
+    /// work.
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(self, CreateFailure::Refused { status: 429, .. })
+    }
+}
+
 /// Why a REST request did not get what it asked for (never a secret).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestFailure {
@@ -193,6 +242,104 @@ impl CallControl {
 
     pub fn credentials(&self) -> &Credentials {
         &self.credentials
+    }
+
+    /// `TWILIO_ACCOUNT_SID`, when configured.
+    pub fn account_sid(&self) -> Option<&str> {
+        self.account_sid.as_deref()
+    }
+
+    /// Creates a call (`POST /2010-04-01/Accounts/{AccountSid}/Calls.json` with `form`) in the
+    /// account `account` (`TWILIO_ACCOUNT_SID`). Sent once: a request whose answer was lost may
+    /// have placed the call, and a blind second one would ring the callee twice.
+    pub async fn create_call(
+        &self,
+        account: &str,
+        form: &[(&'static str, String)],
+    ) -> Result<CreatedCall, CreateFailure> {
+        if !is_sid(account) {
+            return Err(CreateFailure::Refused {
+                status: 400,
+                code: None,
+                message: format!("not a Twilio account SID: {account:?}"),
+            });
+        }
+        let url = format!("{}/2010-04-01/Accounts/{account}/Calls.json", self.base);
+        let (user, secret) = match &self.credentials {
+            Credentials::ApiKey { sid, secret } => (sid.as_str(), secret),
+            Credentials::AuthToken(token) => (account, token),
+        };
+        let request = CLIENT.with(|client| {
+            client
+                .post(&url)
+                .basic_auth(user, secret.expose_secret())
+                .send_form(&form)
+        });
+        let mut response = request
+            .await
+            .map_err(|e| CreateFailure::Unknown(format!("request failed: {e}")))?;
+        let status = response.status();
+        let body = response.body().limit(MAX_ANSWER_BYTES).await.map_err(|e| {
+            CreateFailure::Unknown(format!(
+                "HTTP {}, and its body could not be read: {e}",
+                status.as_u16()
+            ))
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice::<CreatedCall>(&body).map_err(|e| {
+                CreateFailure::Unknown(format!("Twilio's answer is not a call: {e}"))
+            });
+        }
+        let error = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let code = error.as_ref().and_then(|v| v.get("code")?.as_u64());
+        match (code, status.is_server_error()) {
+            (Some(code), _) => Err(CreateFailure::Refused {
+                status: status.as_u16(),
+                code: Some(code),
+                message: error
+                    .as_ref()
+                    .and_then(|v| v.get("message")?.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            }),
+            // Not Twilio's answer (a proxy's): whether the call exists is unknown.
+            (None, true) => Err(CreateFailure::Unknown(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                twilio_message(&body)
+            ))),
+            (None, false) => Err(CreateFailure::Refused {
+                status: status.as_u16(),
+                code: None,
+                message: twilio_message(&body),
+            }),
+        }
+    }
+
+    /// The call `call_sid` as Twilio's Call resource shows it (`GET …/Calls/{CallSid}.json`),
+    /// of `start_account_sid` unless `TWILIO_ACCOUNT_SID` is set.
+    pub async fn fetch_call(
+        &self,
+        start_account_sid: &str,
+        call_sid: &str,
+    ) -> Result<CallResource, RestFailure> {
+        let account = self.account_sid.as_deref().unwrap_or(start_account_sid);
+        if !is_sid(account) || !is_sid(call_sid) {
+            return Err(RestFailure::lasting(format!(
+                "not a Twilio SID: account {account:?}, call {call_sid:?}"
+            )));
+        }
+        let url = format!(
+            "{}/2010-04-01/Accounts/{account}/Calls/{call_sid}.json",
+            self.base
+        );
+        let (user, secret) = match &self.credentials {
+            Credentials::ApiKey { sid, secret } => (sid.as_str(), secret),
+            Credentials::AuthToken(token) => (account, token),
+        };
+        let request = CLIENT.with(|client| client.get(&url));
+        let body = fetch(request, user, secret, None).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| RestFailure::lasting(format!("Twilio's answer is not a call: {e}")))
     }
 
     /// Applies `update` to the live call `call_sid` (of `start_account_sid` unless

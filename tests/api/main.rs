@@ -23,6 +23,7 @@ mod helpers;
 mod live;
 #[cfg(target_os = "linux")]
 mod observability;
+mod outbound;
 mod recordings;
 mod records;
 mod routing;

@@ -734,3 +734,40 @@ parameters = {{ type = "object", properties = {{ order_number = {{ type = "strin
     assert_eq!(usage["total_tokens"], 467);
     assert!(model.errors().is_empty(), "{:?}", model.errors());
 }
+
+/// Two streams claiming one stream_sid (a forged or buggy peer; Twilio's are unique) share a
+/// webhook-id: each record is still delivered, each answer is applied to its own record.
+#[actix_web::test]
+async fn records_sharing_a_webhook_id_are_each_delivered() {
+    let receiver = Receiver::start(Mode::Flaky);
+    let bin = binary(&records_env(&receiver)).await;
+    let app = &bin.app;
+    for call_sid in ["CAtwinA", "CAtwinB"] {
+        let mut call = app.open_stream().await;
+        call.connected_and_start(call_sid, "MZtwin", &params(call_sid, 1))
+            .await;
+        call.stop("MZtwin", call_sid).await;
+        assert_eq!(call.expect_close().await.0, 1000);
+    }
+    let deadline = std::time::Instant::now() + PATIENCE * 2;
+    loop {
+        let bodies: std::collections::HashSet<String> = receiver
+            .state
+            .lock()
+            .unwrap()
+            .attempts
+            .iter()
+            .filter(|(_, _, status)| (200..300).contains(status))
+            .map(|(_, body, _)| body.clone())
+            .collect();
+        if bodies.len() == 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 4 records delivered",
+            bodies.len()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -90,10 +90,19 @@ struct CallState {
     plan: Option<Plan>,
     /// `--record`: what the caller heard so far.
     heard: Option<Recording>,
+    /// `--callee`: an outbound call's own `Url` (the server placed it): Twilio requests it when
+    /// the callee answers, with `Direction=outbound-api`.
+    outbound_url: Option<String>,
 }
 
-/// Runs one call to its end.
-pub async fn run(ctx: &Ctx, call_sid: String, plan: Option<Plan>) -> CallRecord {
+/// Runs one call to its end: an inbound one through `--webhook-path`, or (`outbound_url`) one
+/// the server placed, once its callee answers.
+pub async fn run(
+    ctx: &Ctx,
+    call_sid: String,
+    plan: Option<Plan>,
+    outbound_url: Option<String>,
+) -> CallRecord {
     let mut call = CallState {
         record: CallRecord {
             call_sid,
@@ -109,6 +118,7 @@ pub async fn run(ctx: &Ctx, call_sid: String, plan: Option<Plan>) -> CallRecord 
             stream_ends: Vec::new(),
             chaos: plan.map(|p| p.kind),
             reply_ms: Vec::new(),
+            callee: None,
         },
         hang_up_at: None,
         handoff_started: None,
@@ -117,6 +127,7 @@ pub async fn run(ctx: &Ctx, call_sid: String, plan: Option<Plan>) -> CallRecord 
             .record_dir
             .as_ref()
             .map(|_| Recording::new(Instant::now())),
+        outbound_url,
     };
     if let Some(api) = &ctx.api {
         api.live_call(&call.record.call_sid);
@@ -137,7 +148,10 @@ pub async fn run(ctx: &Ctx, call_sid: String, plan: Option<Plan>) -> CallRecord 
 }
 
 async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>) {
-    let mut url = ctx.webhook_url.clone();
+    let mut url = call
+        .outbound_url
+        .clone()
+        .unwrap_or_else(|| ctx.webhook_url.clone());
     let mut method = "POST".to_string();
     let mut ended_by_twiml = false;
     // TwiML an app sent through the REST API (`Twiml=`): it runs instead of a fetched document.
@@ -245,7 +259,9 @@ async fn run_twiml(ctx: &Ctx, call: &mut CallState) -> (Outcome, Option<String>)
 
 /// The form parameters Twilio sends with every voice webhook request.
 fn webhook_params(ctx: &Ctx, call: &CallState) -> Vec<(String, String)> {
-    let status = if call.record.redirects == 0 && call.record.streams == 0 {
+    let outbound = call.outbound_url.is_some();
+    // An outbound call's webhook comes once the callee has answered.
+    let status = if call.record.redirects == 0 && call.record.streams == 0 && !outbound {
         "ringing"
     } else {
         "in-progress"
@@ -258,7 +274,10 @@ fn webhook_params(ctx: &Ctx, call: &CallState) -> Vec<(String, String)> {
         ("To", &ctx.to),
         ("Called", &ctx.to),
         ("CallStatus", status),
-        ("Direction", "inbound"),
+        (
+            "Direction",
+            if outbound { "outbound-api" } else { "inbound" },
+        ),
         ("ApiVersion", "2010-04-01"),
     ]
     .into_iter()
@@ -416,9 +435,13 @@ struct Leg<'a> {
 
 impl<'a> Leg<'a> {
     fn new(ctx: &'a Ctx, call: &'a mut CallState, target: &'a StreamTarget) -> Self {
+        // Twilio's shape (MZ + 32 hex), unique per stream: the call_sid's last 30 characters
+        // (its run id's tail and the whole call index) and the stream's number. Call records
+        // are keyed by stream_sid; a prefix of the call_sid gave up to 256 calls one sid.
+        let sid = &call.record.call_sid;
         let stream_sid = format!(
             "MZ{}{:02x}",
-            &call.record.call_sid[2..call.record.call_sid.len().min(32)],
+            &sid[sid.len().saturating_sub(30).max(2)..],
             call.record.streams
         );
         Leg {

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod audio;
+mod callee;
 mod caller;
 mod chaos;
 mod live_model;
@@ -141,6 +142,42 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = live_model::DEFAULT_DELTA_MS,
           value_parser = clap::value_parser!(u64).range(10..=1000))]
     live_delta_ms: u64,
+    /// Outbound calls: place --calls calls through the target's POST /calls (spread over
+    /// --ramp; --from is the business's number, --to the callee) and answer each as Twilio and
+    /// the callee would: the --twilio-api stand-in creates them, callsim posts the signed status
+    /// and answering-machine callbacks and runs each call's TwiML and stream. Every call must
+    /// be accounted for: people connected until they hang up, machines ended by the server.
+    #[arg(long, requires = "twilio_api", requires = "api_token")]
+    callee: bool,
+    /// The target's API_TOKEN (POST /calls).
+    #[arg(long, env = "API_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    api_token: Option<String>,
+    /// --callee: the share of callees that are people (the rest are machines).
+    #[arg(long, default_value_t = 0.7, requires = "callee", value_parser = parse_share)]
+    humans: f64,
+    /// --callee: the calls' machine_detection (off, hangup or message).
+    #[arg(long, default_value = "message", requires = "callee",
+          value_parser = ["off", "hangup", "message"])]
+    machine_detection: String,
+    /// --callee: what a machine is left with machine_detection message.
+    #[arg(
+        long,
+        default_value = "This is a message from callsim. Please call us back.",
+        requires = "callee"
+    )]
+    voicemail_message: String,
+    /// --callee: the agent that talks (default: the one that answers --from).
+    #[arg(long, requires = "callee")]
+    agent: Option<String>,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!(
+            "`{s}` is not a share from 0 to 1 (0.7: 70 % people)"
+        )),
+    }
 }
 
 fn parse_target(s: &str) -> Result<String, String> {
@@ -322,6 +359,20 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     let model = (args.realtime_model.is_some() || live.is_some()).then_some(stamps);
+    if args.callee && args.auth_token.is_none() {
+        eprintln!("callsim: --callee signs Twilio's requests: give --auth-token (the server's TWILIO_AUTH_TOKEN)");
+        return ExitCode::from(2);
+    }
+    let callee = args.callee.then(|| {
+        Rc::new(callee::Options {
+            calls_url: format!("{}/calls", args.target),
+            api_token: args.api_token.clone().unwrap_or_default(),
+            humans: args.humans,
+            detection: args.machine_detection.clone(),
+            voicemail_message: args.voicemail_message.clone(),
+            agent: args.agent.clone(),
+        })
+    });
     let stats = Rc::new(RefCell::new(Stats::default()));
     let ctx = Rc::new(Ctx {
         client,
@@ -354,10 +405,14 @@ async fn run(args: Args) -> ExitCode {
         let plan = args
             .chaos
             .then(|| chaos::Plan::draw(&mut chaos::Rng::for_call(seed, i)));
+        let callee = callee.clone();
         calls.push(actix_web::rt::spawn(async move {
             tokio::time::sleep_until(start_at).await;
             ctx.stats.borrow_mut().live_calls += 1;
-            let record = caller::run(&ctx, call_sid, plan).await;
+            let record = match callee {
+                Some(opts) => callee::place_and_answer(ctx.clone(), opts, i).await,
+                None => caller::run(&ctx, call_sid, plan, None).await,
+            };
             let mut stats = ctx.stats.borrow_mut();
             stats.live_calls -= 1;
             stats.records.push(record);
@@ -408,6 +463,13 @@ async fn run(args: Args) -> ExitCode {
     if let Some(live) = &live {
         summary = summary.with_live_model_errors(live.error_count(), live.errors());
     }
+    if let (Some(opts), Some(api)) = (&callee, &ctx.api) {
+        summary.outbound = Some(callee::summarize(
+            &summary.call_records,
+            api.placed_calls().len(),
+            opts,
+        ));
+    }
     if interrupted {
         eprintln!(
             "callsim: interrupted with {} calls still live: outcomes and frame counts cover the {} \
@@ -426,7 +488,7 @@ async fn run(args: Args) -> ExitCode {
     }
     if interrupted {
         ExitCode::from(130)
-    } else if summary.failed == 0 {
+    } else if summary.failed == 0 && summary.outbound.as_ref().is_none_or(|o| o.unaccounted == 0) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -53,6 +53,9 @@ pub struct CallRecord {
     /// stand-in model: to the first reply delta, not silence).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reply_ms: Vec<f64>,
+    /// `--callee`: who answered this outbound call (`human` or `machine`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callee: Option<&'static str>,
 }
 
 /// Shared by every call task of the (single-threaded) simulator.
@@ -199,6 +202,9 @@ pub struct Summary {
     pub seed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chaos: Option<BTreeMap<crate::chaos::Kind, crate::chaos::Tally>>,
+    /// `--callee`: what became of the outbound calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<crate::callee::OutboundSummary>,
     /// Every call, in the order they finished.
     pub call_records: Vec<CallRecord>,
 }
@@ -266,6 +272,7 @@ impl Summary {
             live_model_errors: None,
             seed: None,
             chaos: None,
+            outbound: None,
             call_records: records.clone(),
         }
     }
@@ -405,6 +412,29 @@ impl Summary {
                 );
             }
         }
+        if let Some(o) = &self.outbound {
+            row(
+                "outbound",
+                format!(
+                    "{} placed, {} created at Twilio, {} unaccounted",
+                    o.placed, o.created_at_twilio, o.unaccounted
+                ),
+            );
+            row(
+                "",
+                format!(
+                    "{} people: {} connected until they hung up",
+                    o.humans, o.humans_connected
+                ),
+            );
+            row(
+                "",
+                format!(
+                    "{} machines: {} left the voicemail message, {} hung up on",
+                    o.machines, o.messages_left, o.machines_hung_up
+                ),
+            );
+        }
         if !self.stream_ends.is_empty() {
             let ends = self
                 .stream_ends
@@ -437,6 +467,7 @@ mod tests {
             stream_ends: vec!["1000 stop".into()],
             chaos: None,
             reply_ms: Vec::new(),
+            callee: None,
         }
     }
 

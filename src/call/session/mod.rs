@@ -7,12 +7,14 @@
 //! - `upstream.rs`: the app's upstream WebSocket as the call drives it;
 //! - `control.rs`: ending a call through Twilio's REST API;
 //! - `recording.rs`: `RECORD_CALLS`, Twilio recording the call (once per call);
+//! - `answered.rs`: an outbound call's answering-machine detection result, read from Twilio;
 //! - `http.rs`: an app's HTTP requests (the agent's tools).
 //!
 //! The call's [`CallSlot`] is a field, so the slot is released when the actor stops, whatever
 //! stopped it; the actor does not stop while a REST call update of the call is in flight, so a
 //! drain waits for it (a recording request is not waited for: it runs beside the call).
 
+mod answered;
 mod control;
 mod http;
 mod protocol;
@@ -47,6 +49,7 @@ macro_rules! call_log {
 }
 pub(crate) use call_log;
 
+pub use self::answered::{poll_answered_by, ANSWERED_BY_POLL};
 pub use self::protocol::MAX_FRAME_BYTES;
 pub use self::recording::{ensure_recording, RecordingOutcome};
 pub use crate::call::handler::EndReason;
@@ -72,6 +75,8 @@ pub struct SessionSettings {
     pub recorder: Option<Recorder>,
     /// `RECORD_CALLS`: Twilio records the call (through `control`); `None`: it does not.
     pub recording: Option<RecordingSettings>,
+    /// `AMD_GREETING_WAIT_MS`: how long an outbound call with detection waits for its answer.
+    pub amd_wait: Duration,
 }
 
 /// What ended a call whose REST `update` had been sent when the stream ended: Twilio ends the

@@ -149,6 +149,10 @@ impl CallSession {
                             agent: None,
                             replica: recorder.replica.clone(),
                             attempt: param("attempt").and_then(|a| a.parse().ok()).unwrap_or(1),
+                            direction: match param(crate::outbound::DIRECTION_PARAM).as_deref() {
+                                Some("outbound") => "outbound",
+                                _ => "inbound",
+                            },
                         },
                     )
                 });
@@ -161,6 +165,9 @@ impl CallSession {
                 if result.is_ok() {
                     let attempt = start.custom_parameters.get("attempt");
                     self.start_recording(attempt.and_then(|a| a.parse().ok()).unwrap_or(1), ctx);
+                    if crate::outbound::awaits_detection(&start.custom_parameters) {
+                        self.await_answered_by(ctx);
+                    }
                 }
                 result
             }

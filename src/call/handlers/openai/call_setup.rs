@@ -46,6 +46,9 @@ pub struct PerCall {
     pub instructions: String,
     /// Whether this call greets (not after a hand-off: the caller was greeted).
     pub greet: bool,
+    /// An outbound call with answering-machine detection whose callee is not known to be a
+    /// person yet: the greeting waits ([`PerCall::callee_known`]).
+    pub hold: bool,
     pub greeting: Option<String>,
     pub voice: String,
     /// Values for placeholders, before the stream's parameters.
@@ -68,6 +71,7 @@ impl PerCall {
         let mut per_call = PerCall {
             instructions: agent.instructions.clone(),
             greet,
+            hold: crate::outbound::awaits_detection(&params),
             greeting: agent.greeting.clone(),
             voice: agent.voice.clone(),
             variables: BTreeMap::new(),
@@ -110,12 +114,28 @@ impl PerCall {
         fill_placeholders(&self.instructions, &self.params, &self.variables, call)
     }
 
-    /// The greeting, placeholders filled; `None` when the call does not greet.
+    /// The greeting, placeholders filled; `None` when the call does not greet (or not yet).
     pub fn greeting(&self, call: &Call<'_>) -> Option<String> {
         self.greeting
             .as_ref()
-            .filter(|_| self.greet)
+            .filter(|_| self.greet && !self.hold)
             .map(|g| fill_placeholders(g, &self.params, &self.variables, call))
+    }
+
+    /// Who answered a held outbound call (`None`: not known in time): a person, or no answer
+    /// in time, releases the greeting; a machine (or a fax) never gets it. Whether the greeting
+    /// was released (the engine sends it now if its session is already set up).
+    pub fn callee_known(&mut self, answered_by: Option<&str>) -> bool {
+        if !self.hold {
+            return false;
+        }
+        if answered_by.is_none_or(crate::outbound::is_person) {
+            self.hold = false;
+            true
+        } else {
+            self.greet = false;
+            false
+        }
     }
 }
 
@@ -233,6 +253,34 @@ impl EarlyAudio {
         }
         self.bytes = 0;
         std::mem::take(&mut self.frames)
+    }
+}
+
+/// The model's handshake failed (`status`: the HTTP status that refused it, if any). A refused
+/// key is the apology at once: every replica would get the same answer, no point failing over.
+/// Anything else (429, 5xx, unreachable, too slow) fails the call over to another replica.
+pub fn handshake_failed(
+    status: Option<u16>,
+    reason: &str,
+    metrics: &AgentMetrics,
+    call: &mut Call<'_>,
+) {
+    let (call_sid, stream_sid) = (call.call_sid().to_string(), call.stream_sid().to_string());
+    match status {
+        Some(status @ (401 | 403)) => {
+            log::error!(call_sid = call_sid.as_str(), stream_sid = stream_sid.as_str();
+                "agent: the model refused OPENAI_API_KEY (HTTP {status}); the caller hears the apology: {reason}");
+            metrics
+                .agent_model_errors
+                .get_or_create(&[("type", "auth")])
+                .inc();
+            apologize(call);
+        }
+        _ => {
+            log::warn!(call_sid = call_sid.as_str(), stream_sid = stream_sid.as_str();
+                "agent: the model cannot be reached: {reason}");
+            call.fail_over("model unavailable");
+        }
     }
 }
 

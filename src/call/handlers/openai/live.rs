@@ -39,7 +39,9 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::agents::Agent;
-use super::call_setup::{apologize, EarlyAudio, PerCall, BYTES_PER_MS, CONFIG_REQUEST};
+use super::call_setup::{
+    apologize, handshake_failed, EarlyAudio, PerCall, BYTES_PER_MS, CONFIG_REQUEST,
+};
 use super::metrics::AgentMetrics;
 use super::realtime::MAX_PENDING_MARKS;
 use super::settings::AgentConfig;
@@ -238,6 +240,12 @@ impl LiveAgent {
         for payload in self.early.take(call) {
             Self::append_audio(call, &payload);
         }
+        self.greet(call);
+    }
+
+    /// The greeting, if the call has one still to say (an outbound call's waits for its callee
+    /// to be known as a person).
+    fn greet(&mut self, call: &mut Call<'_>) {
         if let Some(greeting) = self.greeting.take() {
             Self::send(
                 call,
@@ -536,6 +544,22 @@ impl CallHandler for LiveAgent {
         Ok(())
     }
 
+    /// An outbound call's callee is known: a person is greeted once the session has started
+    /// (`session.start` went without the greeting).
+    fn on_answered_by(
+        &mut self,
+        answered_by: Option<&str>,
+        call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        if self.per_call.callee_known(answered_by) && self.start_sent {
+            self.greeting = self.per_call.greeting(call);
+            if self.started {
+                self.greet(call);
+            }
+        }
+        Ok(())
+    }
+
     fn on_dtmf(&mut self, digit: &str, call: &mut Call<'_>) -> Result<(), HandlerError> {
         if self.started && self.agent.dtmf_to_model && !self.closing {
             Self::send(
@@ -602,22 +626,8 @@ impl CallHandler for LiveAgent {
                     "agent: the model sent something that is not JSON"),
             },
             UpstreamEvent::Binary(_) => {}
-            UpstreamEvent::Failed {
-                status: Some(status @ (401 | 403)),
-                reason,
-            } => {
-                log::error!(call_sid = call.call_sid(), stream_sid = call.stream_sid();
-                    "agent: GPT-Live refused OPENAI_API_KEY (HTTP {status}); the caller hears the apology: {reason}");
-                self.metrics
-                    .agent_model_errors
-                    .get_or_create(&[("type", "auth")])
-                    .inc();
-                apologize(call);
-            }
-            UpstreamEvent::Failed { reason, .. } => {
-                log::warn!(call_sid = call.call_sid(), stream_sid = call.stream_sid();
-                    "agent: GPT-Live cannot be reached: {reason}");
-                call.fail_over("model unavailable");
+            UpstreamEvent::Failed { status, reason } => {
+                handshake_failed(status, &reason, &self.metrics, call)
             }
             UpstreamEvent::Closed { code, reason } => {
                 if self.ending == Some(Ending::Closing) {

@@ -46,6 +46,10 @@ pub struct OpenAiAgent {
     config: Arc<AgentConfig>,
     metrics: AgentMetrics,
     engine: Option<Box<dyn CallHandler>>,
+    /// An outbound call whose callee is not known to be a person: the model hears nothing (a
+    /// voicemail's greeting, or "hello?", is not for it to answer) until `on_answered_by` says
+    /// it is.
+    held: bool,
 }
 
 impl OpenAiAgent {
@@ -54,6 +58,7 @@ impl OpenAiAgent {
             config,
             metrics,
             engine: None,
+            held: false,
         }
     }
 
@@ -73,6 +78,7 @@ impl CallHandler for OpenAiAgent {
             record.engine = Some(agent.engine.as_str());
         }
         let per_call = PerCall::start(&self.config, &agent, start, call);
+        self.held = per_call.hold;
         let (config, metrics) = (self.config.clone(), self.metrics.clone());
         let engine: Box<dyn CallHandler> = match agent.engine {
             Engine::Realtime => Box::new(RealtimeAgent::new(config, metrics, agent, per_call)),
@@ -86,7 +92,20 @@ impl CallHandler for OpenAiAgent {
         media: &MediaChunk<'_>,
         call: &mut Call<'_>,
     ) -> Result<(), HandlerError> {
+        if self.held {
+            return Ok(());
+        }
         self.engine().map_or(Ok(()), |e| e.on_media(media, call))
+    }
+
+    fn on_answered_by(
+        &mut self,
+        answered_by: Option<&str>,
+        call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        self.held &= !answered_by.is_none_or(crate::outbound::is_person);
+        self.engine()
+            .map_or(Ok(()), |e| e.on_answered_by(answered_by, call))
     }
 
     fn on_dtmf(&mut self, digit: &str, call: &mut Call<'_>) -> Result<(), HandlerError> {

@@ -39,7 +39,9 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::agents::Agent;
-use super::call_setup::{apologize, EarlyAudio, PerCall, BYTES_PER_MS, CONFIG_REQUEST};
+use super::call_setup::{
+    apologize, handshake_failed, EarlyAudio, PerCall, BYTES_PER_MS, CONFIG_REQUEST,
+};
 use super::metrics::AgentMetrics;
 use super::settings::AgentConfig;
 use super::tools::{function_tools, ToolAction, Tools};
@@ -641,6 +643,21 @@ impl CallHandler for RealtimeAgent {
         Ok(())
     }
 
+    /// An outbound call's callee is known: a person is greeted now if the session is set up
+    /// (else `configure` greets).
+    fn on_answered_by(
+        &mut self,
+        answered_by: Option<&str>,
+        call: &mut Call<'_>,
+    ) -> Result<(), HandlerError> {
+        if self.per_call.callee_known(answered_by) && self.open {
+            if let Some(greeting) = self.per_call.greeting(call) {
+                self.user_text(call, &format!("Greet the caller with: {greeting}"));
+            }
+        }
+        Ok(())
+    }
+
     fn on_dtmf(&mut self, digit: &str, call: &mut Call<'_>) -> Result<(), HandlerError> {
         if self.open && self.agent.dtmf_to_model {
             self.user_text(call, &format!("The caller pressed {digit}"));
@@ -686,21 +703,8 @@ impl CallHandler for RealtimeAgent {
                 }
             },
             UpstreamEvent::Binary(_) => {}
-            UpstreamEvent::Failed {
-                status: Some(status @ (401 | 403)),
-                reason,
-            } => {
-                // Every replica would get the same answer: no point failing over.
-                agent_log!(call, Error, "agent: the model refused OPENAI_API_KEY (HTTP {status}); the caller hears the apology: {reason}");
-                self.metrics
-                    .agent_model_errors
-                    .get_or_create(&[("type", "auth")])
-                    .inc();
-                apologize(call);
-            }
-            UpstreamEvent::Failed { reason, .. } => {
-                agent_log!(call, Warn, "agent: the model cannot be reached: {reason}");
-                call.fail_over("model unavailable");
+            UpstreamEvent::Failed { status, reason } => {
+                handshake_failed(status, &reason, &self.metrics, call)
             }
             UpstreamEvent::Closed { code, reason } => {
                 agent_log!(
