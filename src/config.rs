@@ -470,6 +470,27 @@ pub(crate) fn valid_base_url(v: &str) -> bool {
     }
 }
 
+/// A whole-number variable within `range`, `default` when unset; else the error naming it.
+pub(crate) fn whole_number(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    match get(name) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(ConfigError {
+                variable: name,
+                value: v,
+                expected: format!("a whole number from {} to {}", range.start(), range.end())
+                    .into(),
+            }),
+        },
+    }
+}
+
 /// `WEBHOOK_SECRET`: signs every request to the business (tools, per-call configuration, call
 /// records). Never logged.
 pub fn webhook_secret(

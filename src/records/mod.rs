@@ -59,19 +59,7 @@ pub fn settings_from(
             .into(),
         });
     };
-    let number =
-        |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| match get(name) {
-            None => Ok(default),
-            Some(v) => match v.trim().parse::<u64>() {
-                Ok(n) if range.contains(&n) => Ok(n),
-                _ => Err(ConfigError {
-                    variable: name,
-                    value: v,
-                    expected: format!("a whole number from {} to {}", range.start(), range.end())
-                        .into(),
-                }),
-            },
-        };
+    let number = |name, default, range| crate::config::whole_number(get, name, default, range);
     let timeout = number(
         ENV_CALL_EVENTS_TIMEOUT_MS,
         DEFAULT_CALL_EVENTS_TIMEOUT_MS,
